@@ -1,0 +1,3 @@
+from emgui.cli import main
+
+raise SystemExit(main())
