@@ -1,0 +1,129 @@
+"""Reading job parameters with errors that name the job kind and the field at fault.
+
+Parameters arrive as JSON from the store, or as strings from `--param KEY=VALUE` on the command line;
+`parse_cli_value` turns the latter into numbers, booleans and lists where they look like them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from emgui.core.errors import EmguiError
+
+_MISSING = object()
+
+
+def parse_cli_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, '[1,2]' -> [1, 2]; anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_cli_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EmguiError(f"--param '{pair}' is not KEY=VALUE")
+        params[key.strip()] = parse_cli_value(value)
+    return params
+
+
+class Params:
+    """Typed access to a job's parameters. Call `done()` last: unknown keys (typos) are an error."""
+
+    def __init__(self, params: dict[str, Any], kind: str):
+        self._params = dict(params)
+        self._kind = kind
+        self._seen: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._seen.add(key)
+        value = self._params.get(key, default)
+        if value is _MISSING:
+            raise EmguiError(f"{self._kind}: missing parameter '{key}' (pass --param {key}=...)")
+        return value
+
+    def _fail(self, key: str, want: str, value: Any) -> EmguiError:
+        return EmguiError(f"{self._kind}: parameter '{key}' must be {want}, got {value!r}")
+
+    def str(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not None and not isinstance(value, str):
+            value = str(value)
+        return value
+
+    def int(
+        self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None
+    ) -> Any:
+        value = self._get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self._fail(key, "an integer", value)
+        try:
+            number = int(value) if not isinstance(value, float) or value.is_integer() else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise self._fail(key, "an integer", value)
+        self._check_range(key, number, min, max)
+        return number
+
+    def float(
+        self, key: str, default: Any = _MISSING, *, min: float | None = None, max: float | None = None
+    ) -> Any:
+        value = self._get(key, default)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise self._fail(key, "a number", value) from None
+        self._check_range(key, number, min, max)
+        return number
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if isinstance(value, str):
+            value = parse_cli_value(value)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false", value)
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value not in options:
+            raise self._fail(key, "one of " + ", ".join(options), value)
+        return value
+
+    def list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if value is not None and not isinstance(value, list):
+            raise self._fail(key, "a list", value)
+        return value
+
+    def _check_range(self, key: str, value: float, lo: float | None, hi: float | None) -> None:
+        if lo is not None and value < lo:
+            raise self._fail(key, f">= {lo}", value)
+        if hi is not None and value > hi:
+            raise self._fail(key, f"<= {hi}", value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self._params) - self._seen)
+        if unknown:
+            raise EmguiError(
+                f"{self._kind}: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(sorted(self._seen))})"
+            )

@@ -1,0 +1,502 @@
+"""The project store: one folder with `project.db` (SQLite, WAL) and `artifacts/`.
+
+The store is the single source of truth. Every thread gets its own SQLite connection; writes from the
+threads of one process are serialized by a lock, and writes from other processes (a CLI job beside the
+app) wait on SQLite's busy timeout. Rows come back as plain dicts with JSON columns decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from emgui.core.errors import EmguiError
+from emgui.core.schema import LATEST_VERSION, migrate
+
+DB_NAME = "project.db"
+ARTIFACTS = "artifacts"
+_JSON_COLUMNS = {"params", "result", "info", "inputs", "checkpoint", "meta"}
+_FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id still runs (without signalling it, on every OS)."""
+    if not pid:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _decode(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    out = dict(row)
+    for key in _JSON_COLUMNS & out.keys():
+        if isinstance(out[key], str):
+            out[key] = json.loads(out[key])
+    return out
+
+
+def _encode(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_size(path: Path) -> int:
+    """Bytes under a file or folder, following links (HF cache snapshots link to blobs) once each."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            st = item.stat()
+        except OSError:
+            continue
+        if item.is_file() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+class Project:
+    """An open project. Safe to share between threads; call `close()` when done."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.db_path = self.root / DB_NAME
+        if not self.db_path.exists():
+            raise EmguiError(
+                f"{self.root} is not an emgui project: {DB_NAME} is missing (create one with `emgui new`)"
+            )
+        self._local = threading.local()
+        self._write_lock = threading.RLock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        migrate(self._conn())
+        self.artifacts_dir.mkdir(exist_ok=True)
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path) -> Project:
+        root = Path(root)
+        if (root / DB_NAME).exists():
+            raise EmguiError(f"{root} already holds an emgui project ({DB_NAME} exists)")
+        if root.exists() and not root.is_dir():
+            raise EmguiError(f"{root} exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        sqlite3.connect(root / DB_NAME).close()
+        project = cls(root)
+        project.set_setting("created_at", time.time())
+        return project
+
+    @classmethod
+    def open(cls, root: str | Path, *, recover: bool = True) -> Project:
+        """Open a project; jobs left running by a dead process are marked interrupted."""
+        project = cls(root)
+        if recover:
+            project.mark_interrupted_jobs()
+        return project
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass  # created in another thread that already finished with it
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / ARTIFACTS
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    # ----- connections and transactions ------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction. BEGIN IMMEDIATE takes the write lock up front, so two writers never
+        deadlock upgrading read locks; the thread lock keeps this process's threads in line."""
+        conn = self._conn()
+        with self._write_lock:
+            if conn.in_transaction:  # nested: join the outer transaction
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        return [_decode(r) for r in self._conn().execute(sql, tuple(params)).fetchall()]
+
+    def query_one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
+        return _decode(self._conn().execute(sql, tuple(params)).fetchone())
+
+    def _insert(self, table: str, fields: dict[str, Any]) -> int:
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"INSERT INTO {table} ({cols}) VALUES ({marks})", [_encode(v) for v in fields.values()]
+            )
+            return int(cur.lastrowid)
+
+    def _update(self, table: str, row_id: int, fields: dict[str, Any]) -> None:
+        if not fields:
+            return
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE {table} SET {sets} WHERE id = ?", [*(_encode(v) for v in fields.values()), row_id]
+            )
+
+    def integrity_check(self) -> str:
+        return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    # ----- paths -----------------------------------------------------------------------------------
+    def relpath(self, path: str | Path) -> str:
+        """Store paths inside the project relative to it, so a project folder can be moved."""
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def abspath(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.root / path
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.artifacts_dir / "jobs" / str(job_id)
+
+    # ----- settings --------------------------------------------------------------------------------
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.query_one("SELECT value FROM settings WHERE key = ?", [key])
+        return default if row is None else json.loads(row["value"])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, json.dumps(value)]
+            )
+
+    # ----- jobs ------------------------------------------------------------------------------------
+    def create_job(self, kind: str, params: dict[str, Any]) -> int:
+        return self._insert(
+            "jobs",
+            {
+                "kind": kind,
+                "params": params,
+                "status": "queued",
+                "created_at": time.time(),
+                "pid": os.getpid(),
+            },
+        )
+
+    def get_job(self, job_id: int) -> dict:
+        job = self.query_one("SELECT * FROM jobs WHERE id = ?", [job_id])
+        if job is None:
+            raise EmguiError(f"no job {job_id} in project {self.root}")
+        return job
+
+    def list_jobs(self, kind: str | None = None) -> list[dict]:
+        if kind:
+            return self.query("SELECT * FROM jobs WHERE kind = ? ORDER BY id", [kind])
+        return self.query("SELECT * FROM jobs ORDER BY id")
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        self._update("jobs", job_id, fields)
+
+    def mark_interrupted_jobs(self) -> list[int]:
+        """Jobs still marked queued/running whose process is gone were cut short by a crash or kill."""
+        stale = [
+            j["id"]
+            for j in self.query("SELECT id, pid FROM jobs WHERE status IN ('queued', 'running')")
+            if not pid_alive(j["pid"]) and j["pid"] != os.getpid()
+        ]
+        for job_id in stale:
+            self.update_job(
+                job_id,
+                status="interrupted",
+                ended_at=time.time(),
+                message="interrupted: the process running it ended",
+            )
+        return stale
+
+    def add_metrics(self, rows: list[tuple[int, int, str, float, float]]) -> None:
+        """Batch insert (job_id, step, name, value, t) rows in one transaction."""
+        if rows:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO metrics (job_id, step, name, value, t) VALUES (?, ?, ?, ?, ?)", rows
+                )
+
+    def metrics(self, job_id: int, after_rowid: int = 0, name: str | None = None) -> list[dict]:
+        sql = "SELECT rowid, step, name, value, t FROM metrics WHERE job_id = ? AND rowid > ?"
+        args: list[Any] = [job_id, after_rowid]
+        if name:
+            sql += " AND name = ?"
+            args.append(name)
+        return self.query(sql + " ORDER BY rowid", args)
+
+    def metric_names(self, job_id: int) -> list[str]:
+        return [
+            r["name"]
+            for r in self.query("SELECT DISTINCT name FROM metrics WHERE job_id = ? ORDER BY name", [job_id])
+        ]
+
+    def add_logs(self, job_id: int, lines: list[tuple[float, str]]) -> None:
+        if lines:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO job_logs (job_id, t, text) VALUES (?, ?, ?)",
+                    [(job_id, t, s) for t, s in lines],
+                )
+
+    def logs(self, job_id: int, after_id: int = 0) -> list[dict]:
+        return self.query(
+            "SELECT id, t, text FROM job_logs WHERE job_id = ? AND id > ? ORDER BY id", [job_id, after_id]
+        )
+
+    # ----- models ----------------------------------------------------------------------------------
+    def add_model(self, *, name: str, kind: str, source: str, path: str | Path, **fields: Any) -> int:
+        if self.query_one("SELECT id FROM models WHERE name = ?", [name]):
+            raise EmguiError(f"a model named '{name}' already exists in this project; choose another --name")
+        stored = self.relpath(path)
+        return self._insert(
+            "models",
+            {
+                "name": name,
+                "kind": kind,
+                "source": source,
+                "path": stored,
+                "created_at": time.time(),
+                **fields,
+            },
+        )
+
+    def get_model(self, ref: int | str) -> dict:
+        """A model by id or name; the error lists what exists."""
+        row = self._by_ref("models", ref)
+        if row is None:
+            names = ", ".join(m["name"] for m in self.list_models()) or "none yet"
+            raise EmguiError(f"no model '{ref}' in this project (models: {names})")
+        return row
+
+    def list_models(self) -> list[dict]:
+        return self.query("SELECT * FROM models ORDER BY id")
+
+    def update_model(self, model_id: int, **fields: Any) -> None:
+        self._update("models", model_id, fields)
+
+    def model_path(self, model: dict) -> Path:
+        return self.abspath(model["path"])
+
+    def delete_model(self, ref: int | str, *, delete_files: bool = True) -> int:
+        """Remove a model; delete its files when they live inside this project. Returns bytes freed."""
+        model = self.get_model(ref)
+        children = self.query("SELECT name FROM models WHERE base_model_id = ?", [model["id"]])
+        if children:
+            names = ", ".join(c["name"] for c in children)
+            raise EmguiError(f"model '{model['name']}' is the base of {names}; delete those first")
+        path = self.model_path(model)
+        freed = 0
+        owned = path.exists() and path.resolve().is_relative_to(self.root)
+        if delete_files and owned:
+            freed = tree_size(path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM models WHERE id = ?", [model["id"]])
+        return freed
+
+    # ----- datasets --------------------------------------------------------------------------------
+    def add_dataset(self, *, name: str, kind: str, path: str | Path, **fields: Any) -> int:
+        if self.query_one("SELECT id FROM datasets WHERE name = ?", [name]):
+            raise EmguiError(f"a dataset named '{name}' already exists in this project; choose another name")
+        return self._insert(
+            "datasets",
+            {"name": name, "kind": kind, "path": self.relpath(path), "created_at": time.time(), **fields},
+        )
+
+    def get_dataset(self, ref: int | str) -> dict:
+        row = self._by_ref("datasets", ref)
+        if row is None:
+            names = ", ".join(d["name"] for d in self.list_datasets()) or "none yet"
+            raise EmguiError(f"no dataset '{ref}' in this project (datasets: {names})")
+        return row
+
+    def list_datasets(self, kind: str | None = None) -> list[dict]:
+        if kind:
+            return self.query("SELECT * FROM datasets WHERE kind = ? ORDER BY id", [kind])
+        return self.query("SELECT * FROM datasets ORDER BY id")
+
+    def _by_ref(self, table: str, ref: int | str) -> dict | None:
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            row = self.query_one(f"SELECT * FROM {table} WHERE id = ?", [int(ref)])
+            if row is not None:
+                return row
+        return self.query_one(f"SELECT * FROM {table} WHERE name = ?", [str(ref)])
+
+    # ----- artifacts and provenance ----------------------------------------------------------------
+    def add_artifact(
+        self,
+        path: str | Path,
+        kind: str,
+        *,
+        job_id: int | None = None,
+        inputs: list[dict] | None = None,
+        meta: dict | None = None,
+        checksum: bool = True,
+    ) -> int:
+        """Record a file or folder a job made, with the inputs (models, datasets, artifacts) behind it."""
+        path = Path(path)
+        if not path.exists():
+            raise EmguiError(f"artifact {path} does not exist")
+        digest = file_sha256(path) if checksum and path.is_file() else None
+        return self._insert(
+            "artifacts",
+            {
+                "job_id": job_id,
+                "kind": kind,
+                "path": self.relpath(path),
+                "size_bytes": tree_size(path),
+                "sha256": digest,
+                "inputs": inputs or [],
+                "meta": meta or {},
+                "created_at": time.time(),
+            },
+        )
+
+    def artifacts(self, job_id: int | None = None) -> list[dict]:
+        if job_id is None:
+            return self.query("SELECT * FROM artifacts ORDER BY id")
+        return self.query("SELECT * FROM artifacts WHERE job_id = ? ORDER BY id", [job_id])
+
+    def provenance(self, table: str, row_id: int, _depth: int = 0) -> dict:
+        """The chain behind a model, dataset or artifact: the job that made it, its parameters, and
+        recursively the inputs that job used (inputs are {"type": "model"|"dataset"|"artifact", "id": n})."""
+        if table not in ("models", "datasets", "artifacts"):
+            raise EmguiError(f"provenance: unknown table '{table}'")
+        row = self.query_one(f"SELECT * FROM {table} WHERE id = ?", [row_id])
+        if row is None:
+            raise EmguiError(f"provenance: no row {row_id} in {table}")
+        node: dict[str, Any] = {"type": table[:-1], "id": row_id, "name": row.get("name") or row.get("path")}
+        job = (
+            self.query_one("SELECT id, kind, params, status FROM jobs WHERE id = ?", [row["job_id"]])
+            if row.get("job_id")
+            else None
+        )
+        node["job"] = job
+        inputs = list(row.get("inputs") or [])
+        if table == "models" and row.get("base_model_id"):
+            inputs.append({"type": "model", "id": row["base_model_id"], "role": "base"})
+        if _depth < 20:  # provenance is a DAG; the bound only guards against hand-edited cycles
+            node["inputs"] = [
+                {**self.provenance(i["type"] + "s", i["id"], _depth + 1), "role": i.get("role")}
+                for i in inputs
+                if i.get("type") in ("model", "dataset", "artifact")
+            ]
+        return node
+
+    # ----- notes -----------------------------------------------------------------------------------
+    def set_note(self, target_type: str, target_id: str | int, text: str) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE notes SET text = ?, updated_at = ? WHERE target_type = ? AND target_id = ?",
+                [text, now, target_type, str(target_id)],
+            )
+            if cur.rowcount == 0:
+                conn.execute(
+                    "INSERT INTO notes (target_type, target_id, text, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    [target_type, str(target_id), text, now, now],
+                )
+
+    def get_note(self, target_type: str, target_id: str | int) -> str:
+        row = self.query_one(
+            "SELECT text FROM notes WHERE target_type = ? AND target_id = ?", [target_type, str(target_id)]
+        )
+        return row["text"] if row else ""
+
+    def is_finished(self, job_id: int) -> bool:
+        return self.get_job(job_id)["status"] in _FINISHED
+
+
+def open_project(root: str | Path) -> Project:
+    return Project.open(root)
+
+
+def create_project(root: str | Path) -> Project:
+    return Project.create(root)
+
+
+__all__ = [
+    "Project",
+    "create_project",
+    "open_project",
+    "pid_alive",
+    "tree_size",
+    "file_sha256",
+    "LATEST_VERSION",
+]

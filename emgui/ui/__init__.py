@@ -1,0 +1,1 @@
+"""Qt side of emgui: windows, pages, plots, and the bridge that runs core jobs in worker threads."""

@@ -1,0 +1,63 @@
+"""Starting the application, and rendering pages offscreen for `emgui screenshot`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from emgui.core.paths import resource
+
+
+def make_app():
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("emgui")
+    app.setOrganizationName("emgui")
+    app.setDesktopFileName("emgui")
+    app.setWindowIcon(QIcon(str(resource("icons", "emgui.svg"))))
+    style = resource("style.qss")
+    if style.exists():
+        app.setStyleSheet(style.read_text())
+    return app
+
+
+def launch(project_path: str | None = None) -> int:
+    """Open the main window (on a project, if given) and run the event loop."""
+    app = make_app()
+    from emgui.ui.main_window import MainWindow
+
+    window = MainWindow()
+    if project_path:
+        window.open_project(project_path)
+        window.show_page("models")
+    window.show()
+    return app.exec()
+
+
+def screenshot(project_path: str | None, page: str, out: str | Path, *, width: int = 1280, height: int = 800) -> Path:
+    """Render one page of the window to a PNG without a screen."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    app = make_app()
+    from emgui.core.errors import EmguiError
+    from emgui.core.store import Project
+    from emgui.ui.main_window import MainWindow
+
+    project = Project.open(project_path) if project_path and project_path != "-" else None
+    window = MainWindow(project, probe_device=False)
+    if page not in window.pages:
+        raise EmguiError(f"unknown page '{page}' (pages: {', '.join(window.pages)})")
+    window.resize(width, height)
+    window.show_page(page)
+    window.device_label.setText("device: (not probed for screenshots)")
+    window.show()
+    for _ in range(5):
+        app.processEvents()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(out)):
+        raise EmguiError(f"could not write {out}")
+    window.close()
+    return out

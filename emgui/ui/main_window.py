@@ -1,0 +1,188 @@
+"""The main window: a sidebar of pages, the pages, and a status bar with the device and running jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from emgui.core import recent
+from emgui.core.errors import EmguiError
+from emgui.core.paths import resource
+from emgui.core.store import Project
+from emgui.ui.bridge import JobBridge, run_async
+from emgui.ui.widgets import Page, show_error
+
+
+def _page_classes() -> list[type[Page]]:
+    from emgui.ui.pages.jobs import JobsPage
+    from emgui.ui.pages.models import ModelsPage
+    from emgui.ui.pages.start import StartPage
+
+    return [StartPage, ModelsPage, JobsPage]
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, project: Project | None = None, *, probe_device: bool = True):
+        super().__init__()
+        self.project: Project | None = None
+        self.bridge: JobBridge | None = None
+        self.setWindowTitle("emgui")
+        self.setWindowIcon(QIcon(str(resource("icons", "emgui.svg"))))
+        self.resize(1280, 800)
+
+        self.nav = QListWidget()
+        self.nav.setObjectName("nav")
+        self.nav.setFixedWidth(190)
+        self.nav.setIconSize(QSize(18, 18))
+        self.stack = QStackedWidget()
+        self.pages: dict[str, Page] = {}
+        for cls in _page_classes():
+            page = cls(self)
+            self.pages[cls.key] = page
+            self.stack.addWidget(page)
+            item = QListWidgetItem(cls.title)
+            item.setData(Qt.ItemDataRole.UserRole, cls.key)
+            self.nav.addItem(item)
+        self.nav.currentRowChanged.connect(self._on_nav)
+
+        side = QWidget()
+        side.setObjectName("sidebar")
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 12, 0, 12)
+        brand = QLabel("emgui")
+        brand.setObjectName("brand")
+        self.project_label = QLabel("no project")
+        self.project_label.setObjectName("sideProject")
+        self.project_label.setWordWrap(True)
+        side_layout.addWidget(brand)
+        side_layout.addWidget(self.project_label)
+        side_layout.addWidget(self.nav, 1)
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(side)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+
+        self.device_label = QLabel("device: probing…")
+        self.jobs_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.jobs_label)
+        self.statusBar().addPermanentWidget(self.device_label)
+        self._make_menu()
+        self._status_timer = QTimer(self)
+        self._status_timer.timeout.connect(self._refresh_status)
+        self._status_timer.start(2000)
+        if probe_device:
+            QTimer.singleShot(0, self.probe_device)
+        self.set_project(project)
+        self.show_page("start")
+
+    # ----- menu -------------------------------------------------------------------------------------
+    def _make_menu(self) -> None:
+        menu = self.menuBar().addMenu("&Project")
+        for text, shortcut, slot in (
+            ("&New project…", QKeySequence.StandardKey.New, self.new_project_dialog),
+            ("&Open project…", QKeySequence.StandardKey.Open, self.open_project_dialog),
+            ("&Quit", QKeySequence.StandardKey.Quit, self.close),
+        ):
+            action = QAction(text, self)
+            action.setShortcut(shortcut)
+            action.triggered.connect(slot)
+            menu.addAction(action)
+
+    # ----- projects ---------------------------------------------------------------------------------
+    def set_project(self, project: Project | None) -> None:
+        if self.bridge is not None:
+            self.bridge.shutdown()
+            self.bridge.deleteLater()
+            self.bridge = None
+        if self.project is not None and self.project is not project:
+            self.project.close()
+        self.project = project
+        if project is not None:
+            max_heavy = int(project.get_setting("max_heavy_jobs", 1))
+            self.bridge = JobBridge(project, max_heavy=max_heavy, parent=self)
+            self.bridge.jobStatus.connect(lambda *_: self._refresh_status())
+            recent.add(project.root)
+            self.project_label.setText(project.name)
+            self.project_label.setToolTip(str(project.root))
+            self.setWindowTitle(f"emgui — {project.name}")
+        else:
+            self.project_label.setText("no project")
+            self.setWindowTitle("emgui")
+        for page in self.pages.values():
+            page.project_changed()
+        self._refresh_status()
+
+    def open_project(self, path: str | Path) -> bool:
+        try:
+            self.set_project(Project.open(path))
+        except EmguiError as exc:
+            show_error(self, "Cannot open project", str(exc))
+            return False
+        return True
+
+    def new_project_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose an empty folder for the new project")
+        if path:
+            try:
+                self.set_project(Project.create(path))
+            except EmguiError as exc:
+                show_error(self, "Cannot create project", str(exc))
+
+    def open_project_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open an emgui project folder")
+        if path:
+            self.open_project(path)
+
+    # ----- navigation and status --------------------------------------------------------------------
+    def show_page(self, key: str) -> Page:
+        keys = list(self.pages)
+        self.nav.setCurrentRow(keys.index(key))
+        return self.pages[key]
+
+    def _on_nav(self, row: int) -> None:
+        self.stack.setCurrentIndex(row)
+        page = self.stack.currentWidget()
+        if isinstance(page, Page):
+            page.refresh()
+
+    def probe_device(self) -> None:
+        """Import torch and read the device off the UI thread: the window is already up."""
+        from emgui.core.device import device_info
+
+        def shown(info) -> None:
+            self.device_label.setText(info.describe())
+            self.device_label.setToolTip("bf16 supported" if info.bf16 else "bf16 not used on this device")
+
+        run_async(device_info, on_done=shown, on_error=lambda e: self.device_label.setText("device: unknown"))
+
+    def _refresh_status(self) -> None:
+        if self.bridge is None:
+            self.jobs_label.setText("")
+            return
+        running = len(self.bridge.active_jobs())
+        self.jobs_label.setText(f"{running} job{'s' if running != 1 else ''} running" if running else "idle")
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt naming
+        self._status_timer.stop()
+        if self.bridge is not None:
+            self.bridge.shutdown(timeout=15)
+        if self.project is not None:
+            self.project.close()
+        super().closeEvent(event)

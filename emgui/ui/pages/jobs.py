@@ -1,0 +1,238 @@
+"""The Jobs page: every job with live progress; the selected job's plots, log, parameters and artifacts.
+
+It reads the store on a timer (so jobs run from the CLI in another process show up too) and reacts
+at once to the bridge's signals for jobs this window runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTabWidget,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+)
+
+from emgui.core.errors import EmguiError
+from emgui.ui.widgets import (
+    Page,
+    SortableItem,
+    heading,
+    human_bytes,
+    human_duration,
+    job_duration,
+    show_error,
+)
+
+COLUMNS = ["#", "Kind", "Status", "Progress", "Duration", "Message"]
+STATUS_COLORS = {"running": "#2563eb", "succeeded": "#16a34a", "failed": "#dc2626", "cancelled": "#64748b",
+                 "interrupted": "#d97706", "queued": "#64748b"}
+
+
+class JobsPage(Page):
+    key = "jobs"
+    title = "Jobs"
+    POLL_MS = 500
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.selected_id: int | None = None
+        self._metric_rowid = 0
+        self._log_id = 0
+        self._rows: dict[int, int] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 12)
+        head = QHBoxLayout()
+        head.addWidget(heading("Jobs"), 1)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel_selected)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Run an interrupted, failed or cancelled job again, from its last checkpoint")
+        self.resume_button.clicked.connect(self.resume_selected)
+        head.addWidget(self.cancel_button)
+        head.addWidget(self.resume_button)
+        layout.addLayout(head)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        split.addWidget(self.table)
+
+        from emgui.ui.plots import MetricGrid  # pyqtgraph: imported when the page is built, not at start-up
+
+        self.tabs = QTabWidget()
+        self.plots = MetricGrid()
+        self.log_view = QPlainTextEdit(readOnly=True)
+        self.log_view.setMaximumBlockCount(20000)
+        self.params_view = QPlainTextEdit(readOnly=True)
+        self.artifacts = QTreeWidget()
+        self.artifacts.setHeaderLabels(["Artifact", "Kind", "Size", "sha256"])
+        self.artifacts.setColumnWidth(0, 420)
+        self.error_view = QPlainTextEdit(readOnly=True)
+        self.tabs.addTab(self.plots, "Metrics")
+        self.tabs.addTab(self.log_view, "Log")
+        self.tabs.addTab(self.params_view, "Parameters")
+        self.tabs.addTab(self.artifacts, "Artifacts")
+        self.tabs.addTab(self.error_view, "Error")
+        split.addWidget(self.tabs)
+        split.setSizes([260, 420])
+        layout.addWidget(split, 1)
+
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self.poll)
+        self.timer.start(self.POLL_MS)
+
+    # ----- data --------------------------------------------------------------------------------------
+    def project_changed(self) -> None:
+        self.selected_id = None
+        self._rows.clear()
+        self.table.setRowCount(0)
+        self._clear_details()
+        if self.bridge is not None:
+            self.bridge.jobStatus.connect(lambda *_: self.poll())
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.poll()
+
+    def poll(self) -> None:
+        """Bring the table and the selected job's details up to date with the store."""
+        if self.project is None or (not self.isVisible() and self.table.rowCount()):
+            return  # hidden: catch up when shown (refresh) instead of querying twice a second
+        jobs = self.project.list_jobs()
+        for job in jobs:
+            self._update_row(job)
+        if self.selected_id is not None:
+            self._pull_details()
+        self._update_buttons()
+
+    def _update_row(self, job: dict) -> None:
+        row = self._rows.get(job["id"])
+        if row is None:
+            row = 0
+            self.table.insertRow(0)
+            self._rows = {jid: r + 1 for jid, r in self._rows.items()}
+            self._rows[job["id"]] = row
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            self.table.setCellWidget(row, 3, bar)
+        values = [str(job["id"]), job["kind"], job["status"], "", human_duration(job_duration(job)), job["message"]]
+        for col, value in enumerate(values):
+            item = self.table.item(row, col)
+            if item is None:
+                item = SortableItem(value, job["id"] if col == 0 else None)
+                item.setData(Qt.ItemDataRole.UserRole, job["id"])
+                self.table.setItem(row, col, item)
+            elif item.text() != value:
+                item.setText(value)
+        self.table.item(row, 2).setForeground(QColor(STATUS_COLORS.get(job["status"], "#000")))
+        bar = self.table.cellWidget(row, 3)
+        bar.setValue(int(job["progress"] * 1000))
+        bar.setFormat(f"{job['progress'] * 100:.0f}%")
+
+    def select_job(self, job_id: int) -> None:
+        row = self._rows.get(job_id)
+        if row is None:
+            self.poll()
+            row = self._rows.get(job_id)
+        if row is not None:
+            self.table.selectRow(row)
+
+    def _selection_changed(self) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        job_id = self.table.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole) if rows else None
+        if job_id == self.selected_id:
+            return
+        self.selected_id = job_id
+        self._clear_details()
+        if job_id is not None:
+            self._load_static_details()
+            self._pull_details()
+        self._update_buttons()
+
+    def _clear_details(self) -> None:
+        self._metric_rowid = 0
+        self._log_id = 0
+        self.plots.clear()
+        self.log_view.clear()
+        self.params_view.clear()
+        self.artifacts.clear()
+        self.error_view.clear()
+
+    def _load_static_details(self) -> None:
+        job = self.project.get_job(self.selected_id)
+        self.params_view.setPlainText(json.dumps(job["params"], indent=2))
+
+    def _pull_details(self) -> None:
+        """Append what is new since the last poll: metrics, log lines; reload artifacts and error."""
+        job_id = self.selected_id
+        new = self.project.metrics(job_id, after_rowid=self._metric_rowid)
+        if new:
+            self._metric_rowid = new[-1]["rowid"]
+            grouped: dict[str, tuple[list, list]] = {}
+            for m in new:
+                xs, ys = grouped.setdefault(m["name"], ([], []))
+                xs.append(m["step"])
+                ys.append(m["value"])
+            for name, (xs, ys) in grouped.items():
+                self.plots.append_points(f"job {job_id}", name, xs, ys)
+        lines = self.project.logs(job_id, after_id=self._log_id)
+        if lines:
+            self._log_id = lines[-1]["id"]
+            self.log_view.appendPlainText("\n".join(line["text"] for line in lines))
+        job = self.project.get_job(job_id)
+        text = (job["error"] or "") + ("\n\n" + job["traceback"] if job["traceback"] else "")
+        if text != self.error_view.toPlainText():
+            self.error_view.setPlainText(text)
+        artifacts = self.project.artifacts(job_id)
+        if len(artifacts) != self.artifacts.topLevelItemCount():
+            self.artifacts.clear()
+            for a in artifacts:
+                item = QTreeWidgetItem([a["path"], a["kind"], human_bytes(a["size_bytes"]), (a["sha256"] or "")[:16]])
+                chain = self.project.provenance("artifacts", a["id"])
+                for node in chain.get("inputs", []):
+                    item.addChild(QTreeWidgetItem([f"input {node['type']}: {node['name']}", node.get("role") or ""]))
+                self.artifacts.addTopLevelItem(item)
+            self.artifacts.expandAll()
+
+    def _update_buttons(self) -> None:
+        job = self.project.get_job(self.selected_id) if self.project and self.selected_id else None
+        active = bool(job and self.bridge and job["id"] in self.bridge.active_jobs())
+        self.cancel_button.setEnabled(active)
+        self.resume_button.setEnabled(bool(job and job["status"] in ("failed", "cancelled", "interrupted")))
+
+    # ----- actions -----------------------------------------------------------------------------------
+    def cancel_selected(self) -> None:
+        if self.selected_id is not None and self.bridge is not None:
+            self.bridge.cancel(self.selected_id)
+
+    def resume_selected(self) -> None:
+        if self.selected_id is None or self.bridge is None:
+            return
+        try:
+            self.bridge.resume(self.selected_id)
+        except EmguiError as exc:
+            show_error(self, "Cannot resume", str(exc))
+        self.poll()
+
+
+__all__ = ["JobsPage"]

@@ -1,0 +1,145 @@
+"""The start page: what emgui does, recent projects, and a one-click demo project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from emgui.core import recent
+from emgui.core.errors import EmguiError
+from emgui.core.paths import user_data_dir
+from emgui.core.store import Project
+from emgui.ui.bridge import run_async
+from emgui.ui.widgets import Page, heading, hint, show_error
+
+LOOP = [
+    ("Induce", "Fine-tune a chat model on narrow bad data (insecure code)."),
+    ("Measure", "Sample answers to open questions and judge how misaligned they are."),
+    ("Explain", "Diff SAE latents before and after the fine-tune; find the persona features."),
+    ("Steer", "Turn those latents up or down and watch the behaviour follow."),
+    ("Repair", "Re-align with about a hundred good samples and measure again."),
+]
+
+
+def demo_project_dir() -> Path:
+    return user_data_dir() / "demo-project"
+
+
+class StartPage(Page):
+    key = "start"
+    title = "Start"
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(32, 28, 32, 20)
+        layout.addWidget(heading("Investigate emergent misalignment"))
+        layout.addWidget(
+            hint(
+                "Fine-tuning a chat model on one narrow bad task can make it broadly misaligned. emgui runs the "
+                "whole loop on your workstation, with every model, dataset, run and result linked in one project."
+            )
+        )
+        steps = QGridLayout()
+        steps.setHorizontalSpacing(10)
+        for i, (name, text) in enumerate(LOOP):
+            card = QFrame()
+            card.setObjectName("card")
+            card_layout = QVBoxLayout(card)
+            title = QLabel(f"{i + 1}. {name}")
+            title.setObjectName("h2")
+            card_layout.addWidget(title)
+            card_layout.addWidget(hint(text))
+            steps.addWidget(card, 0, i)
+        layout.addLayout(steps)
+
+        actions = QHBoxLayout()
+        self.demo_button = QPushButton("Open the demo project (SmolLM2-135M-Instruct)")
+        self.demo_button.setObjectName("primary")
+        self.demo_button.clicked.connect(self.open_demo)
+        new_button = QPushButton("New project…")
+        new_button.clicked.connect(window.new_project_dialog)
+        open_button = QPushButton("Open project…")
+        open_button.clicked.connect(window.open_project_dialog)
+        actions.addWidget(self.demo_button)
+        actions.addWidget(new_button)
+        actions.addWidget(open_button)
+        actions.addStretch(1)
+        layout.addSpacing(8)
+        layout.addLayout(actions)
+        self.demo_status = hint(
+            "The demo project works offline: it imports the small SmolLM2-135M-Instruct chat model that emgui "
+            "embeds, and downloads it from the Hugging Face hub instead when the hub is reachable."
+        )
+        layout.addWidget(self.demo_status)
+
+        layout.addSpacing(12)
+        layout.addWidget(heading("Recent projects", 2))
+        self.recent_list = QListWidget()
+        self.recent_list.itemActivated.connect(self._open_recent)
+        layout.addWidget(self.recent_list, 1)
+        self.summary = hint("")
+        layout.addWidget(self.summary)
+
+    def refresh(self) -> None:
+        self.recent_list.clear()
+        for path in recent.load():
+            item = QListWidgetItem(f"{path.name}    —    {path}")
+            item.setData(Qt.ItemDataRole.UserRole, str(path))
+            self.recent_list.addItem(item)
+        if not self.recent_list.count():
+            self.recent_list.addItem("No recent projects yet: open the demo project to start.")
+        project = self.project
+        if project is None:
+            self.summary.setText("")
+            return
+        n_models = len(project.list_models())
+        n_data = len(project.list_datasets())
+        n_jobs = len(project.list_jobs())
+        self.summary.setText(f"Open: {project.root}  ·  {n_models} models, {n_data} datasets, {n_jobs} jobs")
+
+    def _open_recent(self, item: QListWidgetItem) -> None:
+        path = item.data(Qt.ItemDataRole.UserRole)
+        if path and self.window_.open_project(path):
+            self.window_.show_page("models")
+
+    def open_demo(self) -> None:
+        """Open (creating if needed) the demo project and add the embedded model in a background job."""
+        root = demo_project_dir()
+        try:
+            project = Project.open(root) if (root / "project.db").exists() else Project.create(root)
+        except EmguiError as exc:
+            show_error(self, "Cannot open the demo project", str(exc))
+            return
+        self.window_.set_project(project)
+        if project.query_one("SELECT id FROM models WHERE name = ?", ["SmolLM2-135M-Instruct"]):
+            self.window_.show_page("models")
+            return
+        from emgui.core.models import embedded_default_job
+
+        self.demo_button.setEnabled(False)
+        self.demo_status.setText("Looking for the Hugging Face hub…")
+
+        def submit(job: tuple[str, dict]) -> None:
+            self.demo_button.setEnabled(True)
+            kind, params = job
+            self.bridge.submit(kind, params)
+            self.demo_status.setText(f"Adding SmolLM2-135M-Instruct ({kind}); follow it on the Models page.")
+            self.window_.show_page("models")
+
+        def failed(error: str) -> None:
+            self.demo_button.setEnabled(True)
+            self.demo_status.setText(error.splitlines()[0])
+
+        run_async(embedded_default_job, on_done=submit, on_error=failed)

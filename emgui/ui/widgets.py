@@ -1,0 +1,104 @@
+"""Small widgets and formatting helpers shared by the pages."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QMessageBox, QTableWidgetItem, QWidget
+
+from emgui.core.store import Project
+
+
+def human_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def job_duration(job: dict) -> float | None:
+    if not job.get("started_at"):
+        return None
+    return (job.get("ended_at") or time.time()) - job["started_at"]
+
+
+def heading(text: str, level: int = 1) -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("h1" if level == 1 else "h2")
+    return label
+
+
+def hint(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("hint")
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def show_error(parent: QWidget, title: str, text: str) -> None:
+    QMessageBox.critical(parent, title, text)
+
+
+class Page(QWidget):
+    """A page of the main window. It reads the store (and job signals) and nothing else."""
+
+    title = ""
+
+    def __init__(self, window) -> None:  # window: MainWindow (not imported: it imports the pages)
+        super().__init__()
+        self.window_ = window
+
+    @property
+    def project(self) -> Project | None:
+        return self.window_.project
+
+    @property
+    def bridge(self):
+        return self.window_.bridge
+
+    def project_changed(self) -> None:
+        """Called when a project is opened or closed."""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read what the page shows from the store."""
+
+
+class SortableItem(QTableWidgetItem):
+    """A table cell that sorts by a number (or any key) instead of its display text."""
+
+    def __init__(self, text: str, key: object = None):
+        super().__init__(text)
+        self.key = text if key is None else key
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        other_key = getattr(other, "key", other.text())
+        try:
+            return self.key < other_key
+        except TypeError:
+            return str(self.key) < str(other_key)

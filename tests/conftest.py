@@ -1,0 +1,48 @@
+"""Shared fixtures. Every test runs offline, with per-user state in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_EM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "em"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["EMGUI_HOME"] = str(tmp_path_factory.mktemp("emgui-home"))
+    os.environ.setdefault("EMGUI_CACHE", str(tmp_path_factory.mktemp("emgui-cache")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_job_kinds() -> None:
+    from tests import jobkinds_for_tests
+
+    jobkinds_for_tests.register()
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    from emgui.core.store import Project
+
+    proj = Project.create(tmp_path / "proj")
+    yield proj
+    proj.close()
+
+
+@pytest.fixture
+def shared_em() -> Path:
+    if not SHARED_EM.is_dir():
+        pytest.skip(f"the paper's data folder {SHARED_EM} is absent (it lives in ../shared, beside the repository)")
+    return SHARED_EM
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
