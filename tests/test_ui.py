@@ -1,0 +1,120 @@
+"""The window, offscreen: pages render, jobs show live, cancel works from the UI, screenshots are written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gui
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def window(qtbot, project):
+    from emgui.ui.main_window import MainWindow
+
+    win = MainWindow(project, probe_device=False)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    if win.bridge is not None:
+        win.bridge.shutdown(5)
+
+
+def test_pages_switch_and_show_project(window, project) -> None:
+    assert window.project_label.text() == project.name
+    for key in ("start", "models", "jobs"):
+        page = window.show_page(key)
+        assert window.stack.currentWidget() is page
+    assert str(project.root) in window.pages["start"].summary.text()
+
+
+def test_models_page_lists_models_with_provenance(window, project, qtbot) -> None:
+    job = project.create_job("model-import", {"path": "/x"})
+    project.update_job(job, status="succeeded")
+    project.add_model(
+        name="base",
+        kind="folder",
+        source="/x",
+        path="/x",
+        architecture="LlamaForCausalLM",
+        n_params=135_000_000,
+        size_bytes=538_000_000,
+        job_id=job,
+    )
+    page = window.show_page("models")
+    page.refresh()
+    assert page.table.rowCount() == 1
+    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135.0M"
+    page.table.selectRow(0)
+    top = [page.tree.topLevelItem(i).text(0) for i in range(page.tree.topLevelItemCount())]
+    assert top == ["Details", "Provenance: model 'base'"]
+    assert "model-import" in page.tree.topLevelItem(1).text(1)
+    assert "538.0 MB" in page.disk_label.text()
+
+
+def test_jobs_page_shows_live_progress_metrics_and_cancels(window, project, qtbot) -> None:
+    page = window.show_page("jobs")
+    job_id = window.bridge.submit("test-count", {"steps": 100000, "delay": 0.005})
+    qtbot.waitUntil(lambda: job_id in page._rows, timeout=5000)
+    page.select_job(job_id)
+    qtbot.waitUntil(lambda: "loss" in page.plots.metric_names(), timeout=5000)
+    qtbot.waitUntil(lambda: page.table.cellWidget(page._rows[job_id], 3).value() > 0, timeout=10000)
+    assert "starting at step 0" in page.log_view.toPlainText()
+    assert '"steps": 100000' in page.params_view.toPlainText()
+    assert page.cancel_button.isEnabled()
+    page.cancel_button.click()
+    qtbot.waitUntil(lambda: project.get_job(job_id)["status"] == "cancelled", timeout=5000)
+    qtbot.waitUntil(lambda: page.table.item(page._rows[job_id], 2).text() == "cancelled", timeout=3000)
+    assert page.resume_button.isEnabled()
+
+
+def test_failed_job_shows_traceback_and_app_keeps_running(window, project, qtbot) -> None:
+    page = window.show_page("jobs")
+    job_id = window.bridge.submit("test-fail", {})
+    qtbot.waitUntil(lambda: project.get_job(job_id)["status"] == "failed", timeout=5000)
+    page.poll()
+    page.select_job(job_id)
+    assert (
+        "ValueError: boom" in page.error_view.toPlainText() and "Traceback" in page.error_view.toPlainText()
+    )
+    ok = window.bridge.submit("test-count-light", {"steps": 2})
+    qtbot.waitUntil(lambda: project.get_job(ok)["status"] == "succeeded", timeout=5000)
+
+
+def test_jobs_from_another_process_appear(window, project, qtbot) -> None:
+    """A CLI job writing to the same project shows up through the store."""
+    page = window.show_page("jobs")
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests import jobkinds_for_tests as k; k.register()\n"
+        f"from emgui.cli import main; main(['run', {str(project.root)!r}, 'test-count-light', '--param', 'steps=5'])"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, timeout=60)
+    qtbot.waitUntil(lambda: page.table.rowCount() == 1, timeout=3000)
+    row = next(iter(page._rows.values()))
+    assert page.table.item(row, 2).text() == "succeeded"
+
+
+def test_screenshot_command_writes_png(tmp_path: Path, project) -> None:
+    for page in ("start", "models", "jobs"):
+        out = tmp_path / f"{page}.png"
+        res = subprocess.run(
+            [sys.executable, "-m", "emgui", "screenshot", str(project.root), page, str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    res = subprocess.run(
+        [sys.executable, "-m", "emgui", "screenshot", str(project.root), "nope", str(tmp_path / "x.png")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1 and "unknown page 'nope'" in res.stderr
