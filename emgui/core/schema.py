@@ -104,7 +104,106 @@ _V2 = """
 """
 
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# Evaluation (samples, scores, the judge cache), SAEs and model diffing (per-latent statistics,
+# precomputed dashboards, labels), and steering (directions, presets). Question sets are datasets
+# of kind 'questions'.
+_V3 = """
+        CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            dataset_id INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+            question_id TEXT NOT NULL,
+            paraphrase_index INTEGER NOT NULL DEFAULT 0,
+            sample_index INTEGER NOT NULL DEFAULT 0,
+            prompt TEXT NOT NULL,
+            system TEXT,
+            answer TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX samples_by_job ON samples(job_id);
+        CREATE INDEX samples_by_model ON samples(model_id, question_id);
+        CREATE TABLE scores (
+            id INTEGER PRIMARY KEY,
+            sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+            job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+            judge TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            value REAL,
+            raw TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX scores_by_sample ON scores(sample_id, metric);
+        CREATE INDEX scores_by_job ON scores(job_id);
+        CREATE TABLE judge_cache (
+            key TEXT PRIMARY KEY,
+            value REAL,
+            raw TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE saes (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            hook_name TEXT NOT NULL,
+            d_in INTEGER,
+            d_sae INTEGER,
+            architecture TEXT,
+            source TEXT NOT NULL,
+            info TEXT NOT NULL DEFAULT '{}',
+            job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE latent_stats (
+            job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            sae_id INTEGER NOT NULL REFERENCES saes(id) ON DELETE CASCADE,
+            latent INTEGER NOT NULL,
+            base_mean REAL, ft_mean REAL, delta_mean REAL,
+            base_freq REAL, ft_freq REAL, delta_freq REAL,
+            rank INTEGER,
+            PRIMARY KEY (job_id, latent)
+        );
+        CREATE INDEX latent_stats_rank ON latent_stats(job_id, rank);
+        CREATE TABLE latent_labels (
+            sae_id INTEGER NOT NULL REFERENCES saes(id) ON DELETE CASCADE,
+            latent INTEGER NOT NULL,
+            label TEXT NOT NULL DEFAULT '',
+            note TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (sae_id, latent)
+        );
+        CREATE TABLE dashboards (
+            sae_id INTEGER NOT NULL REFERENCES saes(id) ON DELETE CASCADE,
+            latent INTEGER NOT NULL,
+            job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (sae_id, latent)
+        );
+        CREATE TABLE directions (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            hook_name TEXT NOT NULL,
+            layer INTEGER,
+            path TEXT NOT NULL,
+            norm REAL,
+            info TEXT NOT NULL DEFAULT '{}',
+            job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE steering_presets (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            spec TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 LATEST_VERSION = len(MIGRATIONS)
 
 

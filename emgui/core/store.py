@@ -24,7 +24,7 @@ from emgui.core.schema import LATEST_VERSION, migrate
 
 DB_NAME = "project.db"
 ARTIFACTS = "artifacts"
-_JSON_COLUMNS = {"params", "result", "info", "inputs", "checkpoint", "meta"}
+_JSON_COLUMNS = {"params", "result", "info", "inputs", "checkpoint", "meta", "raw", "data", "spec"}
 _FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
@@ -190,7 +190,8 @@ class Project:
     def query_one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
         return _decode(self._conn().execute(sql, tuple(params)).fetchone())
 
-    def _insert(self, table: str, fields: dict[str, Any]) -> int:
+    def insert(self, table: str, fields: dict[str, Any]) -> int:
+        """Insert one row (dict/list values stored as JSON); returns its id."""
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         with self.transaction() as conn:
@@ -199,7 +200,7 @@ class Project:
             )
             return int(cur.lastrowid)
 
-    def _update(self, table: str, row_id: int, fields: dict[str, Any]) -> None:
+    def update(self, table: str, row_id: int, fields: dict[str, Any]) -> None:
         if not fields:
             return
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -207,6 +208,15 @@ class Project:
             conn.execute(
                 f"UPDATE {table} SET {sets} WHERE id = ?", [*(_encode(v) for v in fields.values()), row_id]
             )
+
+    def insert_many(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert many rows with the same keys in one transaction."""
+        if not rows:
+            return
+        cols = list(rows[0])
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        with self.transaction() as conn:
+            conn.executemany(sql, [[_encode(r[c]) for c in cols] for r in rows])
 
     def integrity_check(self) -> str:
         return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
@@ -243,7 +253,7 @@ class Project:
 
     # ----- jobs ------------------------------------------------------------------------------------
     def create_job(self, kind: str, params: dict[str, Any]) -> int:
-        return self._insert(
+        return self.insert(
             "jobs",
             {
                 "kind": kind,
@@ -266,7 +276,7 @@ class Project:
         return self.query("SELECT * FROM jobs ORDER BY id")
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        self._update("jobs", job_id, fields)
+        self.update("jobs", job_id, fields)
 
     def mark_interrupted_jobs(self) -> list[int]:
         """Jobs still marked queued/running whose process is gone were cut short by a crash or kill."""
@@ -324,7 +334,7 @@ class Project:
         if self.query_one("SELECT id FROM models WHERE name = ?", [name]):
             raise EmguiError(f"a model named '{name}' already exists in this project; choose another --name")
         stored = self.relpath(path)
-        return self._insert(
+        return self.insert(
             "models",
             {
                 "name": name,
@@ -348,7 +358,7 @@ class Project:
         return self.query("SELECT * FROM models ORDER BY id")
 
     def update_model(self, model_id: int, **fields: Any) -> None:
-        self._update("models", model_id, fields)
+        self.update("models", model_id, fields)
 
     def model_path(self, model: dict) -> Path:
         return self.abspath(model["path"])
@@ -374,7 +384,7 @@ class Project:
     def add_dataset(self, *, name: str, kind: str, path: str | Path, **fields: Any) -> int:
         if self.query_one("SELECT id FROM datasets WHERE name = ?", [name]):
             raise EmguiError(f"a dataset named '{name}' already exists in this project; choose another name")
-        return self._insert(
+        return self.insert(
             "datasets",
             {"name": name, "kind": kind, "path": self.relpath(path), "created_at": time.time(), **fields},
         )
@@ -414,7 +424,7 @@ class Project:
         if not path.exists():
             raise EmguiError(f"artifact {path} does not exist")
         digest = file_sha256(path) if checksum and path.is_file() else None
-        return self._insert(
+        return self.insert(
             "artifacts",
             {
                 "job_id": job_id,

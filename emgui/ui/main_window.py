@@ -26,12 +26,31 @@ from emgui.ui.bridge import JobBridge, run_async
 from emgui.ui.widgets import Page, show_error
 
 
-def _page_classes() -> list[type[Page]]:
-    from emgui.ui.pages.jobs import JobsPage
-    from emgui.ui.pages.models import ModelsPage
-    from emgui.ui.pages.start import StartPage
+# The pages in sidebar order: the loop reads top to bottom.
+PAGES = [
+    ("emgui.ui.pages.start", "StartPage"),
+    ("emgui.ui.pages.models", "ModelsPage"),
+    ("emgui.ui.pages.datasets", "DatasetsPage"),
+    ("emgui.ui.pages.jobs", "JobsPage"),
+    ("emgui.ui.pages.evaluate", "EvaluatePage"),
+    ("emgui.ui.pages.features", "FeaturesPage"),
+    ("emgui.ui.pages.steer", "SteerPage"),
+]
 
-    return [StartPage, ModelsPage, JobsPage]
+
+def _page_classes() -> list[type[Page]]:
+    import importlib
+
+    classes = []
+    for module_name, class_name in PAGES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # TODO(lead): make strict once every page has landed
+        classes.append(getattr(module, class_name))
+    return classes
 
 
 class MainWindow(QMainWindow):
