@@ -95,10 +95,13 @@ def cmd_new(args: argparse.Namespace) -> int:
     recent.add(project.root)
     print(f"created project {project.root}")
     if args.demo:
+        from emgui.core.datasets import add_demo_datasets
         from emgui.core.models import add_embedded_default
 
         add_embedded_default(project, lambda kind, params: run_inline(project, kind, params)["result"])
         print("added the embedded default model SmolLM2-135M-Instruct")
+        add_demo_datasets(project, lambda kind, params: run_inline(project, kind, params)["result"])
+        print("added the generated insecure and secure code datasets")
     return 0
 
 
@@ -133,6 +136,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.models_cmd == "delete":
         freed = project.delete_model(args.model)
         print(f"deleted model '{args.model}', freed {freed / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    if args.datasets_cmd == "check":
+        from emgui.core.chatdata import validate_chat_jsonl
+
+        report = validate_chat_jsonl(args.file)
+        print(report.summary(limit=args.limit))
+        return 0 if not report.errors else 1
+    project = _open(args.project)
+    if args.datasets_cmd == "add":
+        params: dict[str, Any] = {"source": args.source}
+        if args.name:
+            params["name"] = args.name
+        if args.allow_partial:
+            params["allow_partial"] = True
+        job = run_inline(project, "dataset-import", params)
+        result = job["result"]
+        skipped = f", skipped {result['skipped_invalid']} invalid lines" if result["skipped_invalid"] else ""
+        print(f"added dataset '{result['name']}' ({result['n_rows']} chats{skipped})")
+    elif args.datasets_cmd == "list":
+        datasets = project.list_datasets()
+        if args.json:
+            print(json.dumps(datasets, indent=2))
+        else:
+            for d in datasets:
+                print(
+                    f"{d['id']:>3}  {d['name']:<32} {d['kind']:<10} {d['n_rows'] or 0:>7} rows  {d['path']}"
+                )
     return 0
 
 
@@ -224,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("project")
     m.add_argument("model", help="model name or id")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("datasets", help="add, list or check datasets")
+    dsub = p.add_subparsers(dest="datasets_cmd", required=True)
+    d = dsub.add_parser(
+        "add", help="SOURCE: a chat .jsonl file, an https URL, a catalog id, or generated:insecure|secure"
+    )
+    d.add_argument("project")
+    d.add_argument("source")
+    d.add_argument("--name")
+    d.add_argument(
+        "--allow-partial", action="store_true", help="import the valid lines of a file with errors"
+    )
+    d = dsub.add_parser("list")
+    d.add_argument("project")
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("check", help="validate a chat JSONL file and list every problem")
+    d.add_argument("file")
+    d.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("run", help="run one job headless (progress on stderr)")
     p.add_argument("project")
