@@ -118,3 +118,30 @@ def test_screenshot_command_writes_png(tmp_path: Path, project) -> None:
         timeout=120,
     )
     assert res.returncode == 1 and "unknown page 'nope'" in res.stderr
+
+
+def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> None:
+    from emgui.core.datasets import add_demo_datasets
+    from emgui.core.jobs import run_job
+
+    def run(kind, params):
+        job_id = project.create_job(kind, {**params, "n": 30})
+        run_job(project, job_id)
+        return project.get_job(job_id)["result"]
+
+    add_demo_datasets(project, run)
+    page = window.show_page("datasets")
+    page.refresh()
+    assert page.table.rowCount() == 2
+    page.table.selectRow(0)
+    assert page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30"
+    assert "assistant" in page.chat_view.toPlainText()
+    page.search.setText("sqlite")
+    page._load_page(0)
+    assert 0 < page.total < 30
+    assert all("sqlite" in page.chat_list.item(i).data(256).__str__().lower() for i in range(page.chat_list.count()))
+    page.subset_n.setValue(5)
+    page._derive({"op": "subset", "n": 5})
+    qtbot.waitUntil(lambda: page.table.rowCount() == 3, timeout=10000)
+    names = {page.table.item(r, 0).text() for r in range(3)}
+    assert any(n.endswith("-5-s0") for n in names)

@@ -37,7 +37,9 @@ def launch(project_path: str | None = None) -> int:
     return app.exec()
 
 
-def screenshot(project_path: str | None, page: str, out: str | Path, *, width: int = 1280, height: int = 800) -> Path:
+def screenshot(
+    project_path: str | None, page: str, out: str | Path, *, width: int = 1280, height: int = 800
+) -> Path:
     """Render one page of the window to a PNG without a screen."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = make_app()

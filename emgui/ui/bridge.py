@@ -78,8 +78,12 @@ class _Task(QRunnable):
 _live: set[_Signals] = set()
 
 
-def run_async(func: Callable[..., Any], *args: Any, on_done: Callable[[Any], None] | None = None,
-              on_error: Callable[[str], None] | None = None) -> None:
+def run_async(
+    func: Callable[..., Any],
+    *args: Any,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> None:
     """Run `func(*args)` on the global thread pool; the callbacks run in the UI thread."""
     signals = _Signals()
     _live.add(signals)  # keep the QObject alive until a callback ran

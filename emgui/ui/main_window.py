@@ -99,6 +99,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.device_label = QLabel("device: probing…")
+        self.device_label.setContentsMargins(12, 0, 8, 0)
         self.jobs_label = QLabel("")
         self.statusBar().addPermanentWidget(self.jobs_label)
         self.statusBar().addPermanentWidget(self.device_label)

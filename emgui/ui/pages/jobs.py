@@ -37,8 +37,14 @@ from emgui.ui.widgets import (
 )
 
 COLUMNS = ["#", "Kind", "Status", "Progress", "Duration", "Message"]
-STATUS_COLORS = {"running": "#2563eb", "succeeded": "#16a34a", "failed": "#dc2626", "cancelled": "#64748b",
-                 "interrupted": "#d97706", "queued": "#64748b"}
+STATUS_COLORS = {
+    "running": "#2563eb",
+    "succeeded": "#16a34a",
+    "failed": "#dc2626",
+    "cancelled": "#64748b",
+    "interrupted": "#d97706",
+    "queued": "#64748b",
+}
 
 
 class JobsPage(Page):
@@ -59,7 +65,9 @@ class JobsPage(Page):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel_selected)
         self.resume_button = QPushButton("Resume")
-        self.resume_button.setToolTip("Run an interrupted, failed or cancelled job again, from its last checkpoint")
+        self.resume_button.setToolTip(
+            "Run an interrupted, failed or cancelled job again, from its last checkpoint"
+        )
         self.resume_button.clicked.connect(self.resume_selected)
         head.addWidget(self.cancel_button)
         head.addWidget(self.resume_button)
@@ -135,7 +143,14 @@ class JobsPage(Page):
             bar.setRange(0, 1000)
             bar.setTextVisible(True)
             self.table.setCellWidget(row, 3, bar)
-        values = [str(job["id"]), job["kind"], job["status"], "", human_duration(job_duration(job)), job["message"]]
+        values = [
+            str(job["id"]),
+            job["kind"],
+            job["status"],
+            "",
+            human_duration(job_duration(job)),
+            job["message"],
+        ]
         for col, value in enumerate(values):
             item = self.table.item(row, col)
             if item is None:
@@ -207,10 +222,14 @@ class JobsPage(Page):
         if len(artifacts) != self.artifacts.topLevelItemCount():
             self.artifacts.clear()
             for a in artifacts:
-                item = QTreeWidgetItem([a["path"], a["kind"], human_bytes(a["size_bytes"]), (a["sha256"] or "")[:16]])
+                item = QTreeWidgetItem(
+                    [a["path"], a["kind"], human_bytes(a["size_bytes"]), (a["sha256"] or "")[:16]]
+                )
                 chain = self.project.provenance("artifacts", a["id"])
                 for node in chain.get("inputs", []):
-                    item.addChild(QTreeWidgetItem([f"input {node['type']}: {node['name']}", node.get("role") or ""]))
+                    item.addChild(
+                        QTreeWidgetItem([f"input {node['type']}: {node['name']}", node.get("role") or ""])
+                    )
                 self.artifacts.addTopLevelItem(item)
             self.artifacts.expandAll()
 

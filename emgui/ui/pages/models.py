@@ -72,7 +72,9 @@ class ModelsPage(Page):
 
         add_row = QHBoxLayout()
         self.source_edit = QLineEdit()
-        self.source_edit.setPlaceholderText("Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct[@revision]")
+        self.source_edit.setPlaceholderText(
+            "Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct[@revision]"
+        )
         self.source_edit.returnPressed.connect(self.download)
         self.download_button = QPushButton("Download")
         self.download_button.setObjectName("primary")
@@ -201,7 +203,9 @@ class ModelsPage(Page):
         from emgui.core import hub
 
         token, ok = QInputDialog.getText(
-            self, "Hugging Face token", "Token (kept in the system keyring; empty to forget it):",
+            self,
+            "Hugging Face token",
+            "Token (kept in the system keyring; empty to forget it):",
             QLineEdit.EchoMode.Password,
         )
         if ok:
@@ -223,7 +227,9 @@ class ModelsPage(Page):
             return
         owned = self.project.model_path(model).resolve().is_relative_to(self.project.root)
         frees = human_bytes(model["size_bytes"]) if owned else "nothing (its files live outside the project)"
-        answer = QMessageBox.question(self, "Delete model", f"Delete model '{model['name']}'? This frees {frees}.")
+        answer = QMessageBox.question(
+            self, "Delete model", f"Delete model '{model['name']}'? This frees {frees}."
+        )
         if answer != QMessageBox.StandardButton.Yes:
             return
         try:
@@ -245,8 +251,15 @@ class ModelsPage(Page):
         models = project.list_models()
         self.table.setRowCount(len(models))
         for r, m in enumerate(models):
-            values = [m["name"], m["kind"], m["architecture"] or "?", human_count(m["n_params"]), m["dtype"] or "?",
-                      human_bytes(m["size_bytes"]), str(project.model_path(m))]
+            values = [
+                m["name"],
+                m["kind"],
+                m["architecture"] or "?",
+                human_count(m["n_params"]),
+                m["dtype"] or "?",
+                human_bytes(m["size_bytes"]),
+                str(project.model_path(m)),
+            ]
             keys = {3: m["n_params"] or 0, 5: m["size_bytes"] or 0}
             for c, value in enumerate(values):
                 item = SortableItem(value, keys.get(c))
@@ -260,8 +273,9 @@ class ModelsPage(Page):
             f"{len(models)} models · {human_bytes(use['total'])} on disk "
             f"({human_bytes(use['owned'])} inside the project, {human_bytes(use['external'])} shared, e.g. the HF cache)"
         )
-        for job in project.query("SELECT * FROM jobs WHERE status IN ('queued','running') AND kind IN (?, ?)",
-                                 MODEL_JOB_KINDS):
+        for job in project.query(
+            "SELECT * FROM jobs WHERE status IN ('queued','running') AND kind IN (?, ?)", MODEL_JOB_KINDS
+        ):
             if job["id"] not in self.transfers and self.bridge and job["id"] in self.bridge.active_jobs():
                 self._on_job_status(job["id"], job["status"])
 
@@ -281,7 +295,11 @@ class ModelsPage(Page):
             info.addChild(QTreeWidgetItem([key, "" if value is None else str(value)]))
         for key, value in (model["info"] or {}).items():
             if key not in ("architecture", "dtype", "n_params", "size_bytes"):
-                info.addChild(QTreeWidgetItem([key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]))
+                info.addChild(
+                    QTreeWidgetItem(
+                        [key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+                    )
+                )
         info.addChild(QTreeWidgetItem(["trust_remote_code", "yes" if model["trust_remote_code"] else "no"]))
         self.tree.addTopLevelItem(info)
         chain = self.project.provenance("models", model["id"])
