@@ -123,10 +123,14 @@ class StartPage(Page):
             show_error(self, "Cannot open the demo project", str(exc))
             return
         self.window_.set_project(project)
-        if project.query_one("SELECT id FROM models WHERE name = ?", ["SmolLM2-135M-Instruct"]):
+        from emgui.core.datasets import demo_dataset_jobs
+        from emgui.core.models import EMBEDDED_NAME, embedded_default_job
+
+        for kind, params in demo_dataset_jobs(project):
+            self.bridge.submit(kind, params)
+        if project.query_one("SELECT id FROM models WHERE name = ?", [EMBEDDED_NAME]):
             self.window_.show_page("models")
             return
-        from emgui.core.models import embedded_default_job
 
         self.demo_button.setEnabled(False)
         self.demo_status.setText("Looking for the Hugging Face hub…")
