@@ -100,6 +100,7 @@ class JobContext:
         job = project.get_job(job_id)
         self.resume_state: dict | None = job.get("checkpoint")
         self.progress_value = 0.0
+        self.last_message = ""
 
     # ----- reporting -------------------------------------------------------------------------------
     def progress(self, fraction: float | None, message: str = "") -> None:
@@ -107,6 +108,7 @@ class JobContext:
         self.check_cancelled()
         if fraction is not None:
             self.progress_value = min(1.0, max(0.0, float(fraction)))
+        self.last_message = message or self.last_message
         now = time.monotonic()
         if now - self._last_progress_write >= 0.2 or fraction in (0.0, 1.0):
             self._last_progress_write = now
@@ -266,7 +268,7 @@ def run_job(
         return finish("failed", error=error, traceback=traceback.format_exc(), message=error[:200])
     finally:
         flusher.stop.set()
-    return finish("succeeded", progress=1.0, result=result or {}, message="done")
+    return finish("succeeded", progress=1.0, result=result or {}, message=ctx.last_message or "done")
 
 
 def prepare_resume(project: Project, job_id: int) -> dict:
@@ -328,31 +330,33 @@ class JobManager:
     def _start(self, job_id: int) -> None:
         cancel = threading.Event()
         self._cancel[job_id] = cancel
+        heavy = get_kind(self.project.get_job(job_id)["kind"]).heavy
+        if heavy:  # queue in submission order, before the thread exists
+            with self._cond:
+                self._heavy_queue.append(job_id)
         self._notify(JobEvent(job_id, "status", {"status": "queued"}))
         thread = threading.Thread(
-            target=self._worker, args=(job_id, cancel), daemon=True, name=f"emgui-job-{job_id}"
+            target=self._worker, args=(job_id, cancel, heavy), daemon=True, name=f"emgui-job-{job_id}"
         )
         self._threads[job_id] = thread
         thread.start()
 
-    def _worker(self, job_id: int, cancel: threading.Event) -> None:
-        heavy = get_kind(self.project.get_job(job_id)["kind"]).heavy
+    def _worker(self, job_id: int, cancel: threading.Event, heavy: bool) -> None:
+        holds_slot = False
         if heavy:
             with self._cond:
-                self._heavy_queue.append(job_id)
                 while not cancel.is_set() and (
                     self._heavy_queue[0] != job_id or self._heavy_running >= self.max_heavy
                 ):
                     self._cond.wait(0.2)
                 self._heavy_queue.remove(job_id)
-                if not cancel.is_set():
-                    self._heavy_running += 1
+                holds_slot = not cancel.is_set()
+                self._heavy_running += holds_slot
                 self._cond.notify_all()
-        started = not cancel.is_set()
         try:
             run_job(self.project, job_id, cancel_event=cancel, listener=self._notify)
         finally:
-            if heavy and started:
+            if holds_slot:
                 with self._cond:
                     self._heavy_running -= 1
                     self._cond.notify_all()

@@ -126,8 +126,15 @@ class JobsPage(Page):
         if self.project is None or (not self.isVisible() and self.table.rowCount()):
             return  # hidden: catch up when shown (refresh) instead of querying twice a second
         jobs = self.project.list_jobs()
+        self._new_rows = False
         for job in jobs:
             self._update_row(job)
+        if self._new_rows:
+            for col in (0, 1, 2, 4):
+                self.table.resizeColumnToContents(col)
+            self.table.setColumnWidth(3, 110)
+        if self.selected_id is None and self.table.rowCount():
+            self.table.selectRow(0)  # the newest job
         if self.selected_id is not None:
             self._pull_details()
         self._update_buttons()
@@ -143,6 +150,7 @@ class JobsPage(Page):
             bar.setRange(0, 1000)
             bar.setTextVisible(True)
             self.table.setCellWidget(row, 3, bar)
+            self._new_rows = True
         values = [
             str(job["id"]),
             job["kind"],

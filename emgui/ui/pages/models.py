@@ -268,6 +268,8 @@ class ModelsPage(Page):
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
         self.table.setSortingEnabled(True)
+        if models and not self.table.selectionModel().selectedRows():
+            self.table.selectRow(0)
         use = disk_use(project)
         self.disk_label.setText(
             f"{len(models)} models · {human_bytes(use['total'])} on disk "
