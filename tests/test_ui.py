@@ -139,9 +139,30 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     page.search.setText("sqlite")
     page._load_page(0)
     assert 0 < page.total < 30
-    assert all("sqlite" in page.chat_list.item(i).data(256).__str__().lower() for i in range(page.chat_list.count()))
+    assert all(
+        "sqlite" in page.chat_list.item(i).data(256).__str__().lower() for i in range(page.chat_list.count())
+    )
     page.subset_n.setValue(5)
     page._derive({"op": "subset", "n": 5})
     qtbot.waitUntil(lambda: page.table.rowCount() == 3, timeout=10000)
     names = {page.table.item(r, 0).text() for r in range(3)}
     assert any(n.endswith("-5-s0") for n in names)
+
+
+def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> None:
+    from emgui.core.jobs import run_job
+
+    first = project.create_job("test-count-light", {"steps": 5})
+    second = project.create_job("test-count-light", {"steps": 8})
+    run_job(project, first)
+    run_job(project, second)
+    page = window.show_page("jobs")
+    page.poll()
+    page.select_job(second)
+    page._fill_compare_menu()
+    actions = [a for a in page.compare_menu.actions() if a.isCheckable()]
+    assert len(actions) == 1 and f"job {first}" in actions[0].text()
+    actions[0].setChecked(True)
+    assert set(page.plots.series_order) == {f"job {first}", f"job {second}"}
+    assert len(page.plots.data[(f"job {first}", "loss")][0]) == 5
+    assert len(page.plots.data[(f"job {second}", "loss")][0]) == 8

@@ -25,7 +25,6 @@ from emgui.core.store import Project
 from emgui.ui.bridge import JobBridge, run_async
 from emgui.ui.widgets import Page, show_error
 
-
 # The pages in sidebar order: the loop reads top to bottom.
 PAGES = [
     ("emgui.ui.pages.start", "StartPage"),

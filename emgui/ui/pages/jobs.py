@@ -14,12 +14,14 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
     QHeaderView,
+    QMenu,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSplitter,
     QTableWidget,
     QTabWidget,
+    QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -69,6 +71,15 @@ class JobsPage(Page):
             "Run an interrupted, failed or cancelled job again, from its last checkpoint"
         )
         self.resume_button.clicked.connect(self.resume_selected)
+        self.compare_button = QToolButton()
+        self.compare_button.setText("Compare with…")
+        self.compare_button.setToolTip("Overlay the curves of other runs of the same kind")
+        self.compare_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.compare_menu = QMenu(self)
+        self.compare_menu.aboutToShow.connect(self._fill_compare_menu)
+        self.compare_button.setMenu(self.compare_menu)
+        self.compared: set[int] = set()
+        head.addWidget(self.compare_button)
         head.addWidget(self.cancel_button)
         head.addWidget(self.resume_button)
         layout.addLayout(head)
@@ -192,7 +203,43 @@ class JobsPage(Page):
             self._pull_details()
         self._update_buttons()
 
+    def _fill_compare_menu(self) -> None:
+        self.compare_menu.clear()
+        if self.project is None or self.selected_id is None:
+            return
+        kind = self.project.get_job(self.selected_id)["kind"]
+        others = [j for j in self.project.list_jobs(kind) if j["id"] != self.selected_id]
+        if not others:
+            self.compare_menu.addAction("no other runs of this kind").setEnabled(False)
+        for job in reversed(others):
+            action = self.compare_menu.addAction(f"job {job['id']} ({job['status']}) {job['message'][:40]}")
+            action.setCheckable(True)
+            action.setChecked(job["id"] in self.compared)
+            action.toggled.connect(lambda on, jid=job["id"]: self.set_compared(jid, on))
+
+    def set_compared(self, job_id: int, on: bool) -> None:
+        """Overlay (or remove) another run's curves on the selected job's plots."""
+        if on:
+            self.compared.add(job_id)
+        else:
+            self.compared.discard(job_id)
+        self.plots.clear()
+        self._metric_rowid = 0
+        for other in sorted(self.compared):
+            self._plot_all(other)
+        self._pull_details()
+
+    def _plot_all(self, job_id: int) -> None:
+        grouped: dict[str, tuple[list, list]] = {}
+        for m in self.project.metrics(job_id):
+            xs, ys = grouped.setdefault(m["name"], ([], []))
+            xs.append(m["step"])
+            ys.append(m["value"])
+        for name, (xs, ys) in grouped.items():
+            self.plots.set_points(f"job {job_id}", name, xs, ys)
+
     def _clear_details(self) -> None:
+        self.compared.clear()
         self._metric_rowid = 0
         self._log_id = 0
         self.plots.clear()
