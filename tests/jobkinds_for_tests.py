@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from emgui.core.errors import EmguiError
 from emgui.core.jobs import JobKind, register_kind
@@ -19,7 +20,7 @@ def counting_job(params: dict, ctx) -> dict:
         ctx.progress(step / steps, f"step {step}")
         ctx.metric("loss", step, 1.0 / (step + 1))
         if params.get("marker") and step == int(params.get("marker_step", 0)):
-            open(params["marker"], "w").write("running")
+            Path(params["marker"]).write_text("running")
         if delay:
             time.sleep(delay)
         if every and (step + 1) % every == 0:
