@@ -166,3 +166,19 @@ def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> Non
     assert set(page.plots.series_order) == {f"job {first}", f"job {second}"}
     assert len(page.plots.data[(f"job {first}", "loss")][0]) == 5
     assert len(page.plots.data[(f"job {second}", "loss")][0]) == 8
+
+
+def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model_dir) -> None:
+    from emgui.core.jobs import run_job
+    from tests.tiny import register_tiny
+
+    register_tiny(project, folder=tiny_model_dir)
+    job = project.create_job("dataset-import", {"source": "generated:secure", "n": 20})
+    run_job(project, job)
+    page = window.show_page("datasets")
+    page.refresh()
+    page.table.selectRow(0)
+    page.compute_lengths()
+    qtbot.waitUntil(lambda: "median" in page.length_label.text(), timeout=30000)
+    assert page.length_label.text().startswith("20 chats")
+    assert page.length_button.isEnabled()
