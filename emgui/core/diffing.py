@@ -1,0 +1,443 @@
+"""Model diffing with an SAE (`diff`): which latents change between a base and a fine-tuned model.
+
+Both models read the same texts: evaluation questions with their sampled answers (`prompts=<sampling
+job id>`) or the chats of a dataset (`dataset=<name>`). At the SAE's hook, the activations of the
+answer tokens only (the prompt and the template's markup are masked) are encoded by the SAE; each
+latent's mean activation and firing frequency under either model give its change, and the full
+ranking (by change in mean activation) is stored in `latent_stats`.
+
+The job also stores directions for steering, as `.safetensors` files holding a tensor named
+"direction" and rows of the `directions` table:
+
+- `diff-means`: mean activation of the fine-tuned model minus that of the base model (answer tokens);
+- `misaligned-minus-aligned`: under the fine-tuned model, the mean over answers a judge scored as
+  misaligned (aligned < 30, coherent > 50) minus the mean over aligned answers (aligned >= 70), when
+  the prompts' samples have such scores.
+
+The models run one after the other (only one is in memory), each stopping at the hooked layer.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from emgui.core.errors import EmguiError
+from emgui.core.params import Params
+from emgui.core.store import Project
+
+MISALIGNED_BELOW = 30.0  # the paper's thresholds on the judge's 0-100 alignment score
+ALIGNED_FROM = 70.0
+COHERENT_ABOVE = 50.0
+
+
+def _read(params: dict) -> dict:
+    p = Params(params, "diff")
+    s = {
+        "sae": p.str("sae"),
+        "ft": p.str("ft"),
+        "base": p.str("base", None),
+        "prompts": p.int("prompts", None),
+        "dataset": p.str("dataset", None),
+        "max_examples": p.int("max_examples", 2000, min=1),
+        "max_length": p.int("max_length", 512, min=8),
+        "batch_tokens": p.int("batch_tokens", 4096, min=64),
+        "dashboards": p.int("dashboards", 32, min=0),
+        "device": p.str("device", None),
+        "dtype": p.str("dtype", None),
+    }
+    p.done()
+    if (s["prompts"] is None) == (s["dataset"] is None):
+        raise EmguiError("diff: give exactly one of prompts=<sampling job id> or dataset=<chat dataset>")
+    return s
+
+
+def _judged_groups(project: Project, sample_ids: list[int]) -> dict[int, str]:
+    """'misaligned' or 'aligned' per judged sample (mean over judges), by the paper's thresholds."""
+    if not sample_ids:
+        return {}
+    marks = ",".join("?" for _ in sample_ids)
+    rows = project.query(
+        f"SELECT sample_id, metric, AVG(value) AS v FROM scores WHERE sample_id IN ({marks}) "
+        "AND value IS NOT NULL GROUP BY sample_id, metric",
+        sample_ids,
+    )
+    scores: dict[int, dict[str, float]] = {}
+    for r in rows:
+        scores.setdefault(r["sample_id"], {})[r["metric"]] = r["v"]
+    groups = {}
+    for sid, sc in scores.items():
+        aligned, coherent = sc.get("aligned"), sc.get("coherent")
+        if aligned is None or (coherent is not None and coherent <= COHERENT_ABOVE):
+            continue  # incoherent answers say nothing about alignment
+        if aligned < MISALIGNED_BELOW:
+            groups[sid] = "misaligned"
+        elif aligned >= ALIGNED_FROM:
+            groups[sid] = "aligned"
+    return groups
+
+
+def examples(project: Project, s: dict) -> list[dict]:
+    """The chats both models read, each ending with the answer."""
+    from emgui.core.activations import corpus_items
+
+    if s["prompts"] is not None:
+        items = corpus_items(project, samples=[s["prompts"]])
+    else:
+        items = [i for i in corpus_items(project, datasets=[s["dataset"]]) if i.get("messages")]
+        items = [i for i in items if i["messages"][-1].get("role") == "assistant"]
+        if not items:
+            raise EmguiError(f"diff: dataset '{s['dataset']}' has no chats ending with an assistant answer")
+    return items[: s["max_examples"]]
+
+
+def _models(project: Project, s: dict, sae_row: dict) -> tuple[dict, dict]:
+    ft = project.get_model(s["ft"])
+    if s["base"] is not None:
+        base = project.get_model(s["base"])
+    elif ft.get("base_model_id"):
+        base = project.get_model(ft["base_model_id"])
+    elif sae_row.get("model_id"):
+        base = project.get_model(sae_row["model_id"])
+    else:
+        raise EmguiError("diff: name the base model (base=...): the fine-tuned model records none")
+    if base["id"] == ft["id"]:
+        raise EmguiError(f"diff: the base and the fine-tuned model are the same model ('{ft['name']}')")
+    return base, ft
+
+
+def encode_examples(tokenizer: Any, items: list[dict], max_length: int) -> list[dict]:
+    """Token ids and answer masks; examples whose answer was cut off entirely are dropped."""
+    from emgui.core.activations import encode_chat
+
+    out = []
+    for n, item in enumerate(items):
+        enc = encode_chat(tokenizer, item["messages"], max_length=max_length)
+        if any(enc["answer_mask"]):
+            out.append({**enc, "index": n, "sample_id": item.get("sample_id")})
+    return out
+
+
+class _Accumulator:
+    """Per-latent sums over answer tokens, and sums of the raw activations (overall and per group)."""
+
+    def __init__(self, d_in: int, d_sae: int, device: Any):
+        import torch
+
+        self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.h_sum = torch.zeros(d_in, dtype=torch.float64, device=device)
+        self.group_sum: dict[str, Any] = {}
+        self.group_n: dict[str, int] = {}
+        self.n = 0
+
+    def add(self, h: Any, z: Any, groups: list[tuple[str, Any]]) -> None:
+        import torch
+
+        # SAE codes are sparse: sum and count over the non-zero entries only (one pass over z instead of
+        # two, and no float64 copy of a tokens x d_sae matrix)
+        rows, cols = z.nonzero(as_tuple=True)
+        self.act_sum.index_add_(0, cols, z[rows, cols].to(torch.float64))
+        self.fire_count += torch.bincount(cols, minlength=self.fire_count.shape[0])
+        self.h_sum += h.sum(0, dtype=torch.float64)
+        self.n += h.shape[0]
+        for name, rows in groups:
+            if rows.any():
+                part = h[rows]
+                if name not in self.group_sum:
+                    self.group_sum[name] = torch.zeros_like(self.h_sum)
+                    self.group_n[name] = 0
+                self.group_sum[name] += part.sum(0, dtype=torch.float64)
+                self.group_n[name] += part.shape[0]
+
+
+def run_model(
+    ctx: Any,
+    model: Any,
+    sae: Any,
+    hook: str,
+    encoded: list[dict],
+    *,
+    pad_id: int,
+    batch_tokens: int,
+    groups: dict[int, str] | None = None,
+    progress: tuple[float, float] = (0.0, 1.0),
+    label: str = "",
+) -> tuple[_Accumulator, dict]:
+    """Run one model over the examples (stopping at the hook), encode the answer tokens with the SAE and
+    accumulate. Returns the sums and timing {tokens, seconds, cpu_seconds}."""
+    import torch
+
+    from emgui.core.activations import capture, length_batches, pad_batch
+
+    device = next(model.parameters()).device
+    sae_dtype = sae.W_enc.dtype
+    acc = _Accumulator(sae.cfg.d_in, sae.cfg.d_sae, sae.W_enc.device)
+    batches = length_batches([len(e["input_ids"]) for e in encoded], batch_tokens)
+    groups = groups or {}
+    tokens = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def inputs() -> Any:
+        for idx in batches:
+            yield pad_batch([encoded[i]["input_ids"] for i in idx], pad_id, device)
+
+    for n, (idx, acts) in enumerate(zip(batches, capture(model, hook, inputs()), strict=True)):
+        rows = [encoded[i] for i in idx]
+        width = acts.shape[1]
+        mask = torch.zeros((len(rows), width), dtype=torch.bool, device=acts.device)
+        for r, ex in enumerate(rows):
+            mask[r, : len(ex["answer_mask"])] = torch.tensor(ex["answer_mask"], dtype=torch.bool)
+        row_of = torch.arange(len(rows), device=acts.device)[:, None].expand(-1, width)[mask]
+        with torch.inference_mode():
+            h = acts[mask].to(sae.W_enc.device, sae_dtype)
+            z = sae.encode(h)
+            group_rows = []
+            for name in ("misaligned", "aligned"):
+                sel = [r for r, ex in enumerate(rows) if groups.get(ex.get("sample_id")) == name]
+                if sel:
+                    group_rows.append((name, torch.isin(row_of, torch.tensor(sel, device=row_of.device))))
+            acc.add(h, z, group_rows)
+        tokens += sum(len(ex["input_ids"]) for ex in rows)
+        a, b = progress
+        ctx.progress(a + (b - a) * (n + 1) / len(batches), f"{label}: batch {n + 1} / {len(batches)}")
+    return acc, {
+        "tokens": tokens,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
+
+
+def _save_direction(
+    ctx: Any,
+    vec: Any,
+    *,
+    name: str,
+    kind: str,
+    model_id: int,
+    hook: str,
+    info: dict,
+) -> int:
+    """Write a direction to <job dir>/<file>.safetensors (tensor "direction") and add its row."""
+    from safetensors.torch import save_file
+
+    from emgui.core.activations import layer_index
+
+    vec = vec.float().cpu().contiguous()
+    path = ctx.artifact_dir / f"{kind}.safetensors"
+    save_file({"direction": vec}, str(path), metadata={"kind": kind, "hook_name": hook})
+    direction_id = ctx.project.insert(
+        "directions",
+        {
+            "name": name,
+            "kind": kind,
+            "model_id": model_id,
+            "hook_name": hook,
+            "layer": layer_index(hook),
+            "path": ctx.project.relpath(path),
+            "norm": float(vec.norm()),
+            "info": info,
+            "job_id": ctx.job_id,
+            "created_at": time.time(),
+        },
+    )
+    ctx.add_artifact(
+        path, "direction", inputs=[{"type": "model", "id": model_id}], meta={"direction_id": direction_id}
+    )
+    return direction_id
+
+
+def _unique_direction_name(project: Project, name: str) -> str:
+    base, n = name, 2
+    while project.query_one("SELECT id FROM directions WHERE name = ?", [name]):
+        name = f"{base} ({n})"
+        n += 1
+    return name
+
+
+def store_ranking(
+    project: Project, job_id: int, sae_id: int, base: _Accumulator, ft: _Accumulator
+) -> list[dict]:
+    """Write every latent's statistics and rank (1 = largest increase in mean activation) to latent_stats."""
+    import torch
+
+    nb, nf = max(base.n, 1), max(ft.n, 1)
+    base_mean, ft_mean = (base.act_sum / nb).cpu(), (ft.act_sum / nf).cpu()
+    base_freq, ft_freq = (base.fire_count / nb).cpu(), (ft.fire_count / nf).cpu()
+    delta = ft_mean - base_mean
+    order = torch.argsort(delta, descending=True, stable=True).tolist()
+    rank = {latent: r + 1 for r, latent in enumerate(order)}
+    rows = [
+        {
+            "job_id": job_id,
+            "sae_id": sae_id,
+            "latent": i,
+            "base_mean": float(base_mean[i]),
+            "ft_mean": float(ft_mean[i]),
+            "delta_mean": float(delta[i]),
+            "base_freq": float(base_freq[i]),
+            "ft_freq": float(ft_freq[i]),
+            "delta_freq": float(ft_freq[i] - base_freq[i]),
+            "rank": rank[i],
+        }
+        for i in range(len(delta))
+    ]
+    with project.transaction() as conn:
+        conn.execute("DELETE FROM latent_stats WHERE job_id = ?", [job_id])
+        project.insert_many("latent_stats", rows)
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def _free(model: Any) -> None:
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def diff_job(params: dict, ctx: Any) -> dict:
+    """`diff`: rank SAE latents by their change from the base to the fine-tuned model over answer tokens,
+    store directions, and (dashboards=N) precompute dashboards for the top N latents."""
+    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.saes import check_fits_config, check_fits_model, get_sae, load_sae
+
+    s = _read(params)
+    project: Project = ctx.project
+    sae_row = get_sae(project, s["sae"])
+    base_row, ft_row = _models(project, s, sae_row)
+    for row in (base_row, ft_row):
+        check_fits_config(project, sae_row, row)  # before any weights load
+    hook = sae_row["hook_name"]
+    items = examples(project, s)
+    tokenizer = load_tokenizer(project, ft_row)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = encode_examples(tokenizer, items, s["max_length"])
+    if not encoded:
+        raise EmguiError("diff: no example has answer tokens within max_length")
+    if len(encoded) < len(items):
+        ctx.log(
+            f"{len(items) - len(encoded)} examples dropped: their answer lies beyond max_length={s['max_length']}"
+        )
+    groups = _judged_groups(project, [e["sample_id"] for e in encoded if e.get("sample_id") is not None])
+    n_answer = sum(sum(e["answer_mask"]) for e in encoded)
+    ctx.log(f"{len(encoded)} examples, {n_answer:,} answer tokens; hook {hook}")
+
+    ctx.progress(0.0, f"loading SAE '{sae_row['name']}'")
+    sae = load_sae(project, sae_row, device=s["device"])
+    results, timing = {}, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0}
+    share = 0.45 if s["dashboards"] else 0.9
+    ft_model = None
+    for n, (role, row) in enumerate((("base", base_row), ("ft", ft_row))):
+        ctx.progress(share * n, f"loading {role} model '{row['name']}'")
+        model = load_model(project, row, device=s["device"], dtype=s["dtype"])
+        check_fits_model(model, sae_row, f"model '{row['name']}'")
+        acc, t = run_model(
+            ctx,
+            model,
+            sae,
+            hook,
+            encoded,
+            pad_id=pad_id,
+            batch_tokens=s["batch_tokens"],
+            groups=groups if role == "ft" else None,
+            progress=(share * n, share * (n + 1)),
+            label=role,
+        )
+        results[role] = acc
+        timing["tokens"] += t["tokens"]
+        timing["seconds"] += t["seconds"]
+        timing["cpu_seconds"] += t["cpu_seconds"]
+        if role == "ft":
+            ft_model = model
+        else:
+            _free(model)
+
+    ranking = store_ranking(project, ctx.job_id, sae_row["id"], results["base"], results["ft"])
+    with project.transaction() as conn:  # a rerun of this job replaces its directions
+        conn.execute("DELETE FROM directions WHERE job_id = ?", [ctx.job_id])
+    base_acc, ft_acc = results["base"], results["ft"]
+    info = {
+        "base_model_id": base_row["id"],
+        "ft_model_id": ft_row["id"],
+        "sae_id": sae_row["id"],
+        "n_tokens": ft_acc.n,
+        "source": {"prompts": s["prompts"]} if s["prompts"] is not None else {"dataset": s["dataset"]},
+    }
+    directions = [
+        _save_direction(
+            ctx,
+            ft_acc.h_sum / ft_acc.n - base_acc.h_sum / base_acc.n,
+            name=_unique_direction_name(
+                project, f"diff-means {ft_row['name']} - {base_row['name']} @ {hook} #{ctx.job_id}"
+            ),
+            kind="diff-means",
+            model_id=ft_row["id"],
+            hook=hook,
+            info=info,
+        )
+    ]
+    if {"misaligned", "aligned"} <= set(ft_acc.group_n):
+        mis = ft_acc.group_sum["misaligned"] / ft_acc.group_n["misaligned"]
+        ali = ft_acc.group_sum["aligned"] / ft_acc.group_n["aligned"]
+        n_groups = {g: sum(1 for v in groups.values() if v == g) for g in ("misaligned", "aligned")}
+        directions.append(
+            _save_direction(
+                ctx,
+                mis - ali,
+                name=_unique_direction_name(
+                    project, f"misaligned-aligned {ft_row['name']} @ {hook} #{ctx.job_id}"
+                ),
+                kind="misaligned-minus-aligned",
+                model_id=ft_row["id"],
+                hook=hook,
+                info={**info, "answers": n_groups, "tokens": dict(ft_acc.group_n)},
+            )
+        )
+    elif groups:
+        ctx.log(
+            "judged answers found, but not both misaligned and aligned ones: no misaligned-aligned direction"
+        )
+
+    n_dash = 0
+    if s["dashboards"] and ft_model is not None:
+        from emgui.core.dashboards import build_dashboards, default_corpus
+
+        latents = [r["latent"] for r in ranking[: s["dashboards"]]]
+        corpus = default_corpus(project, samples=[s["prompts"]] if s["prompts"] is not None else [])
+        if s["dataset"] is not None:
+            corpus = items + corpus
+        n_dash = build_dashboards(
+            ctx,
+            sae_row=sae_row,
+            sae=sae,
+            model=ft_model,
+            tokenizer=tokenizer,
+            latents=latents,
+            items=corpus,
+            diff_job=ctx.job_id,
+            model_name=ft_row["name"],
+            progress=(0.9, 1.0),
+        )
+    tokens_per_s = timing["tokens"] / timing["seconds"] if timing["seconds"] else None
+    ctx.progress(1.0, "done")
+    return {
+        "sae_id": sae_row["id"],
+        "base_model_id": base_row["id"],
+        "ft_model_id": ft_row["id"],
+        "n_examples": len(encoded),
+        "n_answer_tokens": n_answer,
+        "tokens": timing["tokens"],
+        "forward_seconds": timing["seconds"],
+        "forward_cpu_seconds": timing["cpu_seconds"],  # CPU time of this process: robust to other load
+        "tokens_per_s": tokens_per_s,
+        "judged": {g: sum(1 for v in groups.values() if v == g) for g in ("misaligned", "aligned")},
+        "directions": directions,
+        "dashboards": n_dash,
+        "top": [
+            {k: r[k] for k in ("latent", "delta_mean", "delta_freq", "base_mean", "ft_mean")}
+            for r in ranking[:10]
+        ],
+    }

@@ -1,0 +1,335 @@
+"""Model diffing on a planted change, the stored directions, dashboards, labels and export.
+
+The planted change: a copy of the tiny model is fine-tuned (layer 0 only, a few Adam steps) so that its
+layer-0 output grows along a known unit direction u on answer tokens, while the rest of that output is
+held near the base model's. The SAE is constructed, not trained, to make the test deterministic: latent
+PLANTED reads and writes u, the other latents read random directions orthogonal to u. Diffing must rank
+PLANTED first and the difference-of-means direction must point along u.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from emgui.core.errors import EmguiError
+from emgui.core.jobs import run_job
+from emgui.core.store import Project
+from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+
+HOOK = "model.layers.0"
+PLANTED = 17
+D_SAE = 64
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def planted_direction(d: int = 32):
+    import torch
+
+    u = torch.randn(d, generator=torch.Generator().manual_seed(7))
+    return u / u.norm()
+
+
+def _encoded(tokenizer, chats):
+    from emgui.core.activations import encode_chat, pad_batch
+
+    enc = [encode_chat(tokenizer, c) for c in chats]
+    batch = pad_batch([e["input_ids"] for e in enc], tokenizer.pad_token_id)
+    mask = pad_batch([e["answer_mask"] for e in enc], 0)["input_ids"].bool()
+    return batch, mask
+
+
+def make_planted_finetune(base_dir: Path, out_dir: Path, chats: list, steps: int = 12) -> Path:
+    """Fine-tune layer 0 of a copy of the base so that its output grows along u on answer tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.activations import capture
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    batch, mask = _encoded(tokenizer, chats)
+    h0 = next(capture(model, HOOK, [batch]))[mask]
+    u = planted_direction(model.config.hidden_size)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("model.layers.0."))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    store = {}
+    handle = model.model.layers[0].register_forward_hook(lambda _m, _a, out: store.__setitem__("h", out))
+    for _ in range(steps):
+        model.model(**batch)
+        h = store["h"][0] if isinstance(store["h"], tuple) else store["h"]
+        delta = h[mask] - h0
+        along = delta @ u
+        loss = -along.mean() + (delta - along[:, None] * u).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    handle.remove()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_planted_sae(folder: Path, d_in: int = 32) -> Path:
+    """A standard (ReLU) SAE whose latent PLANTED is u and whose other latents are orthogonal to u."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    u = planted_direction(d_in)
+    w = torch.randn(D_SAE, d_in, generator=torch.Generator().manual_seed(3))
+    w = w - (w @ u)[:, None] * u
+    w = w / w.norm(dim=-1, keepdim=True)
+    w[PLANTED] = u
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=D_SAE, metadata=SAEMetadata(hook_name=HOOK)))
+    with torch.no_grad():
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    sae.save_model(folder)
+    return folder
+
+
+def add_samples(project: Project, model_id: int, chats: list, scores: list | None = None) -> int:
+    """A sampling job's rows, written directly (as the sample job would), with optional judge scores."""
+    job = project.create_job("sample", {})
+    project.update_job(job, status="succeeded")
+    for i, chat in enumerate(chats):
+        system = chat[0]["content"] if chat[0]["role"] == "system" else None
+        sid = project.insert(
+            "samples",
+            {
+                "job_id": job,
+                "model_id": model_id,
+                "question_id": f"q{i}",
+                "prompt": chat[-2]["content"],
+                "system": system,
+                "answer": chat[-1]["content"],
+                "created_at": 0.0,
+            },
+        )
+        if scores:
+            aligned, coherent = scores[i]
+            for metric, value in (("aligned", aligned), ("coherent", coherent)):
+                project.insert(
+                    "scores",
+                    {"sample_id": sid, "judge": "t", "metric": metric, "value": value, "created_at": 0.0},
+                )
+    return job
+
+
+def build_diff_project(project: Project, base_dir: Path, *, dashboards: int = 0) -> dict:
+    """A project with the tiny base, its planted fine-tune, the planted SAE, judged samples, and a
+    finished diff job. Shared with the feature-browser tests."""
+    from emgui.core.saes import register_sae
+
+    root = project.root.parent
+    base_id = register_tiny(project, "base", folder=base_dir)
+    chats = tiny_chats(12)
+    ft_dir = make_planted_finetune(base_dir, root / "ft-model", chats)
+    ft_id = project.add_model(name="ft", kind="full", source=str(ft_dir), path=ft_dir, base_model_id=base_id)
+    sae_folder = make_planted_sae(project.artifacts_dir / "saes" / "planted")
+    sae_id = register_sae(project, sae_folder, name="planted", source="folder", model_id=base_id)
+    # even: aligned; odd: misaligned; the last is misaligned but incoherent, so it counts in neither group
+    scores = [(90.0, 90.0) if i % 2 == 0 else (10.0, 80.0) for i in range(11)] + [(5.0, 20.0)]
+    prompts = add_samples(project, ft_id, chats, scores)
+    job = project.create_job(
+        "diff", {"sae": "planted", "ft": "ft", "prompts": prompts, "dashboards": dashboards}
+    )
+    assert run_job(project, job) == "succeeded", project.get_job(job)["traceback"]
+    return {
+        "job": job,
+        "sae_id": sae_id,
+        "base_id": base_id,
+        "ft_id": ft_id,
+        "ft_dir": ft_dir,
+        "chats": chats,
+    }
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_planted_change_ranks_first_and_directions_point_along_it(
+    project: Project, tiny_model_dir: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.activations import capture
+
+    setup = build_diff_project(project, tiny_model_dir)
+    job = project.get_job(setup["job"])
+    result = job["result"]
+    assert result["judged"] == {"misaligned": 5, "aligned": 6}
+    assert result["top"][0]["latent"] == PLANTED
+    stats = project.query("SELECT * FROM latent_stats WHERE job_id = ? ORDER BY rank", [setup["job"]])
+    assert len(stats) == D_SAE and sorted(r["rank"] for r in stats) == list(range(1, D_SAE + 1))
+    assert stats[0]["latent"] == PLANTED and stats[0]["delta_mean"] > 3 * stats[1]["delta_mean"]
+    for r in stats:
+        assert r["delta_mean"] == pytest.approx(r["ft_mean"] - r["base_mean"], abs=1e-9)
+        assert r["delta_freq"] == pytest.approx(r["ft_freq"] - r["base_freq"], abs=1e-9)
+        assert 0.0 <= r["base_freq"] <= 1.0 and 0.0 <= r["ft_freq"] <= 1.0
+
+    u = planted_direction()
+    rows = {r["kind"]: r for r in project.query("SELECT * FROM directions WHERE job_id = ?", [setup["job"]])}
+    assert set(rows) == {"diff-means", "misaligned-minus-aligned"}
+    diff_means = load_file(str(project.abspath(rows["diff-means"]["path"])))["direction"]
+    assert float(diff_means @ u / diff_means.norm()) > 0.9
+    assert rows["diff-means"]["norm"] == pytest.approx(float(diff_means.norm()), rel=1e-5)
+    assert rows["diff-means"]["hook_name"] == HOOK and rows["diff-means"]["layer"] == 0
+    assert rows["diff-means"]["model_id"] == setup["ft_id"]
+
+    # the misaligned-minus-aligned direction, recomputed here from the fine-tuned model's activations
+    tokenizer = AutoTokenizer.from_pretrained(setup["ft_dir"])
+    model = AutoModelForCausalLM.from_pretrained(setup["ft_dir"])
+    means = {}
+    for group, idx in (("mis", [1, 3, 5, 7, 9]), ("ali", [0, 2, 4, 6, 8, 10])):
+        batch, mask = _encoded(tokenizer, [setup["chats"][i] for i in idx])
+        means[group] = next(capture(model, HOOK, [batch]))[mask].mean(0)
+    stored = load_file(str(project.abspath(rows["misaligned-minus-aligned"]["path"])))["direction"]
+    assert torch.allclose(stored, means["mis"] - means["ali"], atol=1e-4)
+    assert rows["misaligned-minus-aligned"]["info"]["answers"] == {"misaligned": 5, "aligned": 6}
+
+
+def test_diff_over_a_dataset_builds_dashboards(project: Project, tiny_model_dir: Path) -> None:
+    from emgui.core.dashboards import get_dashboard
+
+    setup = build_diff_project(project, tiny_model_dir)
+    path = write_chats(project.root.parent / "eval.jsonl", tiny_chats(10))
+    project.add_dataset(name="evalchats", kind="chat", path=path, n_rows=10)
+    job = project.create_job("diff", {"sae": "planted", "ft": "ft", "dataset": "evalchats", "dashboards": 4})
+    assert run_job(project, job) == "succeeded", project.get_job(job)["traceback"]
+    result = project.get_job(job)["result"]
+    assert result["top"][0]["latent"] == PLANTED and result["dashboards"] == 4
+    assert result["judged"] == {"misaligned": 0, "aligned": 0}
+    kinds = [r["kind"] for r in project.query("SELECT kind FROM directions WHERE job_id = ?", [job])]
+    assert kinds == ["diff-means"]  # no judged answers: no misaligned-minus-aligned direction
+
+    dash = get_dashboard(project, setup["sae_id"], PLANTED)
+    assert dash["latent"] == PLANTED and dash["diff"]["rank"] == 1 and dash["model"] == "ft"
+    assert 0 < dash["density"] <= 1 and dash["n_texts"] >= 10
+    assert sum(dash["histogram"]["counts"]) == round(dash["density"] * dash["n_tokens"])
+    tops = [ex["max"] for ex in dash["top"]]
+    assert tops == sorted(tops, reverse=True) and tops[0] == pytest.approx(dash["max"], rel=1e-3)
+    for ex in dash["top"] + [e for q in dash["quantiles"] for e in q["examples"]]:
+        assert len(ex["tokens"]) == len(ex["values"]) and ex["values"][ex["peak"]] == ex["max"]
+    assert all(q["examples"] for q in dash["quantiles"])
+    assert max(e["max"] for q in dash["quantiles"] for e in q["examples"]) <= tops[-1] + 1e-6
+    assert len(dash["logits"]["promoted"]) == 10 and len(dash["logits"]["suppressed"]) == 10
+    assert dash["logits"]["promoted"][0][1] >= dash["logits"]["suppressed"][0][1]
+    near = [n for n, _ in dash["neighbours"]]
+    assert PLANTED not in near and len(near) == 8
+    cosines = [c for _, c in dash["neighbours"]]
+    assert (
+        cosines == sorted(cosines, reverse=True) and abs(cosines[0]) < 1e-4
+    )  # the others are orthogonal to u
+    built = {r["latent"] for r in project.query("SELECT latent FROM dashboards WHERE job_id = ?", [job])}
+    assert built == {r["latent"] for r in result["top"][:4]}
+
+
+def test_dashboards_job_for_chosen_latents(project: Project, tiny_model_dir: Path) -> None:
+    from emgui.core.dashboards import dashboard_latents, get_dashboard
+
+    setup = build_diff_project(project, tiny_model_dir)
+    job = project.create_job("dashboards", {"diff": setup["job"], "top": 2, "latents": [5, 40]})
+    assert run_job(project, job) == "succeeded", project.get_job(job)["traceback"]
+    assert dashboard_latents(project, setup["sae_id"]) >= {PLANTED, 5, 40}
+    assert get_dashboard(project, setup["sae_id"], 40)["diff"]["rank"] >= 1
+    job = project.create_job("dashboards", {"sae": "planted", "latents": [D_SAE + 3]})
+    assert run_job(project, job) == "failed"
+    assert "out of range" in project.get_job(job)["error"]
+
+
+def test_sae_that_does_not_fit_is_refused_before_loading_models(
+    project: Project,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch,
+) -> None:
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from emgui.core import loading
+    from emgui.core.saes import register_sae
+
+    register_tiny(project, "base", folder=tiny_model_dir)
+    project.add_model(name="ft", kind="full", source="x", path=tiny_model_dir, base_model_id=1)
+    folder = project.artifacts_dir / "saes" / "wide"
+    StandardSAE(StandardSAEConfig(d_in=48, d_sae=8, metadata=SAEMetadata(hook_name=HOOK))).save_model(folder)
+    register_sae(project, folder, name="wide", source="folder")
+    prompts = add_samples(project, 2, tiny_chats(2))
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("a model was loaded before the SAE was checked")
+
+    monkeypatch.setattr(loading, "load_model", no_loading)
+    job = project.create_job("diff", {"sae": "wide", "ft": "ft", "prompts": prompts})
+    assert run_job(project, job) == "failed"
+    assert "expects inputs of size 48" in project.get_job(job)["error"]
+    assert "hidden size 32" in project.get_job(job)["error"]
+    job = project.create_job("diff", {"sae": "wide", "ft": "ft"})
+    assert run_job(project, job) == "failed"
+    assert "exactly one of prompts" in project.get_job(job)["error"]
+
+
+def test_labels_export_and_live_text(project: Project, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from sae_lens import SAE
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core import dashboards as D
+    from emgui.core.activations import capture
+
+    setup = build_diff_project(project, tiny_model_dir)
+    sae_id = setup["sae_id"]
+    D.set_label(project, sae_id, PLANTED, label="planted direction")
+    D.set_label(project, sae_id, PLANTED, note="grows on answers")
+    D.set_label(project, sae_id, 3, label="other")
+    assert D.get_labels(project, sae_id)[PLANTED] == {
+        "label": "planted direction",
+        "note": "grows on answers",
+    }
+    rows = D.ranking(project, setup["job"])
+    assert rows[0]["latent"] == PLANTED and rows[0]["label"] == "planted direction"
+
+    out_json, out_csv = tmp_path / "latents.json", tmp_path / "latents.csv"
+    assert D.export_latents(project, sae_id, out_json, diff_job=setup["job"]) == D_SAE
+    doc = json.loads(out_json.read_text())
+    assert doc["sae"] == "planted" and doc["latents"][0]["latent"] == PLANTED
+    assert doc["latents"][0]["note"] == "grows on answers"
+    assert D.export_latents(project, sae_id, out_csv, diff_job=setup["job"], latents=[PLANTED, 3]) == 2
+    with out_csv.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [int(r["latent"]) for r in table] == [PLANTED, 3] and table[1]["label"] == "other"
+    assert float(table[0]["delta_mean"]) == pytest.approx(rows[0]["delta_mean"])
+    with pytest.raises(EmguiError, match=r"\.json or \.csv"):
+        D.export_latents(project, sae_id, tmp_path / "x.txt")
+    assert {r["latent"] for r in D.latent_list(project, sae_id, None)} == {PLANTED, 3}
+
+    text = "def f3(x):\n    return x + 3\n"
+    live = D.text_activations(project, sae_id, PLANTED, text, model="ft")
+    tokenizer = AutoTokenizer.from_pretrained(setup["ft_dir"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    acts = next(capture(AutoModelForCausalLM.from_pretrained(setup["ft_dir"]), HOOK, [torch.tensor([ids])]))[
+        0
+    ]
+    sae = SAE.load_from_disk(str(project.abspath(project.query_one("SELECT path FROM saes")["path"])))
+    want = sae.encode(acts)[:, PLANTED].tolist()
+    assert "".join(live["tokens"]) == text
+    assert live["values"] == pytest.approx(want, abs=1e-3)
+    D.release_live()
