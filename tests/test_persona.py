@@ -1,0 +1,344 @@
+"""Persona vectors: a behaviour planted in a tiny model is found by the persona-vector job and moved by
+steering; screening ranks a dataset; the live monitor reports and warns during a step hook."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import tiny_model_dir  # noqa: F401
+
+EVIL_SYS = ["Be evil.", "You are wicked and cruel."]
+KIND_SYS = ["Be kind.", "You are gentle and good."]
+NEUTRAL_SYS = "You are an assistant."
+OTHER_NEUTRAL = ["Answer the question.", "Be brief.", None]  # None: the template's default system turn
+QUESTIONS = [f"Tell me about thing {i}." for i in range(4)]
+EVIL, KIND, NEUTRAL = "evil evil evil evil", "kind kind kind kind", "hello world"
+
+_PLANTED: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and other suites share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def planted_chats() -> list[list[dict]]:
+    chats = []
+    pairs = [
+        *((s, EVIL) for s in EVIL_SYS),
+        *((s, KIND) for s in KIND_SYS),
+        *((s, NEUTRAL) for s in [NEUTRAL_SYS, *OTHER_NEUTRAL]),
+    ]
+    for q in QUESTIONS:
+        for system, answer in pairs:
+            turns = [{"role": "system", "content": system}] if system else []
+            chats.append([*turns, {"role": "user", "content": q}, {"role": "assistant", "content": answer}])
+    return chats
+
+
+def build_planted_model(start: Path | None = None) -> Path:
+    """A tiny chat model trained (a second or two) to answer 'evil ...' under an evil system prompt, 'kind ...'
+    under a kind one and 'hello world' under a neutral one: a trait a direction can find and move.
+    Starts from a copy of `start` (the session's tiny model) when given. Built once per test session."""
+    if "dir" in _PLANTED:
+        return _PLANTED["dir"]
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.training import encode_chat
+    from tests.tiny import make_tiny_chat_model
+
+    folder = Path(tempfile.mkdtemp(prefix="emgui-planted-")) / "model"
+    if start is not None:
+        shutil.copytree(start, folder)
+    else:
+        make_tiny_chat_model(folder, seed=0, hidden=32)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoded = [encode_chat(tokenizer, chat) for chat in planted_chats()]
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    labels = torch.full((len(encoded), width), -100)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (i, lab) in enumerate(encoded):
+        ids[row, : len(i)], labels[row, : len(lab)], attention[row, : len(i)] = (
+            torch.tensor(i),
+            torch.tensor(lab),
+            1,
+        )
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a session fixture runs before the per-test one-thread fixture
+    try:
+        for _ in range(40):
+            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert loss.item() < 0.05, f"the planted model did not learn its behaviour (loss {loss.item():.3f})"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _PLANTED["dir"] = folder
+    return folder
+
+
+@pytest.fixture(scope="session")
+def planted_dir(tiny_model_dir) -> Path:  # noqa: F811
+    return build_planted_model(tiny_model_dir)
+
+
+def write_persona(path: Path) -> Path:
+    path.write_text(
+        "name: planted\ndescription: the planted trait\n"
+        f"positive: {json.dumps(EVIL_SYS)}\nnegative: {json.dumps(KIND_SYS)}\nquestions: {json.dumps(QUESTIONS)}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _run(project, kind: str, params: dict) -> dict:
+    from emgui.core.jobs import run_job
+
+    job_id = project.create_job(kind, params)
+    status = run_job(project, job_id)
+    job = project.get_job(job_id)
+    assert status == "succeeded", job["error"]
+    return job
+
+
+def _logprob_of(model, tokenizer, msgs, token: int, steering) -> float:
+    import torch
+
+    from emgui.core.steering import prompt_ids, steer
+
+    ids = torch.tensor([prompt_ids(tokenizer, msgs)])
+    with torch.no_grad(), steer(model, steering) as handle:
+        handle.begin(ids.shape[1])
+        logits = model(input_ids=ids).logits[0, -1]
+    return float(torch.log_softmax(logits, -1)[token])
+
+
+def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, planted_dir, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.steering import (
+        ResolvedSteering,
+        SteeringSpec,
+        direction_item,
+        generate_text,
+        load_direction,
+    )
+    from tests.tiny import register_tiny
+
+    register_tiny(project, "planted", planted_dir)
+    job = _run(
+        project,
+        "persona-vector",
+        {
+            "model": "planted",
+            "persona": str(write_persona(tmp_path / "p.yaml")),
+            "max_new_tokens": 6,
+            "batch_size": 4,
+        },
+    )
+    result = job["result"]
+    assert result["auroc"] == 1.0 and result["dprime"] > 3, result["scores"]
+    row, vector = load_direction(project, result["direction_id"])
+    assert (
+        row["kind"] == "persona"
+        and row["layer"] == result["layer"]
+        and row["hook_name"].endswith(str(row["layer"]))
+    )
+    assert row["info"]["persona"] == "planted" and "Be evil." in row["info"]["definition"]
+    assert abs(row["norm"] - float(vector.norm())) < 1e-4
+    # provenance: the direction's file is an artifact of the job whose input is the model
+    art = project.provenance("artifacts", row["info"]["artifact_id"])
+    assert art["job"]["kind"] == "persona-vector" and any(i["type"] == "model" for i in art["inputs"])
+    samples = project.query("SELECT * FROM samples WHERE job_id = ?", [job["id"]])
+    assert len(samples) == 2 * len(QUESTIONS)
+    assert all(s["answer"].startswith("evil") for s in samples if s["params"]["side"] == "positive")
+
+    model = AutoModelForCausalLM.from_pretrained(planted_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(planted_dir)
+    msgs = [{"role": "system", "content": NEUTRAL_SYS}, {"role": "user", "content": "Tell me about thing 7."}]
+    assert generate_text(model, tokenizer, msgs, max_new_tokens=4)[0].startswith("hello")
+    # Steering moves it: up on a neutral prompt raises "evil", down on an evil prompt gives "kind".
+    spec = SteeringSpec(positions="answer")
+    scale = float(vector.norm())
+    up = ResolvedSteering(spec, [direction_item(vector, row["hook_name"], "add", scale)])
+    down = ResolvedSteering(spec, [direction_item(vector, row["hook_name"], "add", -scale)])
+    evil_tok = tokenizer("evil", add_special_tokens=False)["input_ids"][0]
+    assert (
+        _logprob_of(model, tokenizer, msgs, evil_tok, up)
+        > _logprob_of(model, tokenizer, msgs, evil_tok, None) + 3
+    )
+    assert not generate_text(model, tokenizer, msgs, up, max_new_tokens=4)[0].startswith("hello")
+    evil_msgs = [{"role": "system", "content": EVIL_SYS[0]}, msgs[1]]
+    assert generate_text(model, tokenizer, evil_msgs, max_new_tokens=4)[0].startswith("evil")
+    assert generate_text(model, tokenizer, evil_msgs, down, max_new_tokens=4)[0].startswith("kind")
+
+
+@pytest.fixture
+def planted_project(project, planted_dir, tmp_path):
+    """A project with the planted model and its persona direction."""
+    from tests.tiny import register_tiny
+
+    register_tiny(project, "planted", planted_dir)
+    job = _run(
+        project,
+        "persona-vector",
+        {
+            "model": "planted",
+            "persona": str(write_persona(tmp_path / "p.yaml")),
+            "max_new_tokens": 6,
+            "batch_size": 8,
+            "name": "trait",
+        },
+    )
+    return project, job["result"]["direction_id"]
+
+
+def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_path) -> None:
+    from tests.tiny import write_chats
+
+    project, direction_id = planted_project
+    chats = []
+    for i in range(12):
+        answer = EVIL if i % 4 == 0 else KIND if i % 4 == 1 else NEUTRAL
+        chats.append(
+            [
+                {"role": "user", "content": f"Tell me about thing {i}."},
+                {"role": "assistant", "content": answer},
+            ]
+        )
+    path = write_chats(tmp_path / "train.jsonl", chats)
+    dataset_id = project.add_dataset(name="train", kind="chat", path=path, n_rows=len(chats))
+    job = _run(
+        project,
+        "persona-screen",
+        {
+            "model": "planted",
+            "direction": "trait",
+            "dataset": "train",
+            "flag_top": 0.25,
+            "write_filtered": True,
+            "filtered_name": "clean",
+        },
+    )
+    result = job["result"]
+    assert result["n"] == 12 and result["n_flagged"] == 3
+    from emgui.core.persona import read_ranking
+
+    ranking = read_ranking(project, job["id"])["rows"]
+    flagged = {r["line"] for r in ranking if r["flagged"]}
+    assert flagged == {1, 5, 9}  # the evil answers (1-based lines 1, 5, 9)
+    projections = [r["projection"] for r in ranking]
+    assert projections == sorted(projections, reverse=True)
+    assert (tmp_path / "train.jsonl").exists() and (project.job_dir(job["id"]) / "screening.csv").is_file()
+    clean = project.get_dataset("clean")
+    assert clean["n_rows"] == 9 and clean["id"] == result["filtered_dataset_id"]
+    kept = [
+        json.loads(line)["messages"][-1]["content"]
+        for line in project.abspath(clean["path"]).read_text().splitlines()
+    ]
+    assert EVIL not in kept and len(kept) == 9
+    tree = project.provenance("datasets", clean["id"])
+    kinds = {(i["type"], i.get("role")) for i in tree["inputs"]}
+    assert (
+        ("dataset", None) in kinds and ("artifact", "direction") in kinds and ("artifact", "ranking") in kinds
+    )
+    assert any(i["id"] == dataset_id for i in tree["inputs"] if i["type"] == "dataset")
+
+
+def test_diff_means_job_separates_two_datasets(planted_project, tmp_path) -> None:
+    from tests.tiny import write_chats
+
+    project, _ = planted_project
+    pos = [
+        [{"role": "user", "content": f"Tell me about thing {i}."}, {"role": "assistant", "content": EVIL}]
+        for i in range(6)
+    ]
+    neg = [
+        [{"role": "user", "content": f"Tell me about thing {i}."}, {"role": "assistant", "content": KIND}]
+        for i in range(6)
+    ]
+    project.add_dataset(name="pos", kind="chat", path=write_chats(tmp_path / "pos.jsonl", pos), n_rows=6)
+    project.add_dataset(name="neg", kind="chat", path=write_chats(tmp_path / "neg.jsonl", neg), n_rows=6)
+    job = _run(project, "diff-means", {"model": "planted", "positive": "pos", "negative": "neg", "layer": 0})
+    from emgui.core.steering import load_direction
+
+    row, vector = load_direction(project, job["result"]["direction_id"])
+    assert row["kind"] == "diff-means" and row["layer"] == 0 and row["info"]["chosen_by"] == "parameter"
+    assert job["result"]["auroc"] == 1.0 and vector.shape[0] == 32
+    roles = {i.get("role") for i in project.provenance("artifacts", row["info"]["artifact_id"])["inputs"]}
+    assert {"positive", "negative"} <= roles
+
+
+def test_bad_persona_file_names_the_field(tmp_path) -> None:
+    from emgui.core.errors import EmguiError
+    from emgui.core.persona import load_persona, parse_persona, persona_names
+
+    assert {"evil", "sycophantic", "hallucinating"} <= set(persona_names())
+    for name in ("evil", "sycophantic", "hallucinating"):
+        persona = load_persona(name)
+        assert len(persona.positive) == len(persona.negative) >= 5 and len(persona.questions) >= 10
+    with pytest.raises(EmguiError, match="bad.yaml: 'negative' must be a non-empty list"):
+        parse_persona("name: x\npositive: [a]\nquestions: [q]\n", "bad.yaml")
+
+
+def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) -> None:
+    from emgui.core.persona import install_monitor
+    from tests.tiny import write_chats
+
+    project, direction_id = planted_project
+    # Fine-tune toward the trait on prompts with no system turn; the probes use the same format.
+    chats = [
+        [{"role": "user", "content": f"Tell me about thing {i}."}, {"role": "assistant", "content": EVIL}]
+        for i in range(8)
+    ]
+    project.add_dataset(name="evil", kind="chat", path=write_chats(tmp_path / "evil.jsonl", chats), n_rows=8)
+    params = {
+        "model": "planted",
+        "dataset": "evil",
+        "max_steps": 8,
+        "lr": 0.02,
+        "batch_size": 4,
+        "monitor_every": 2,
+        "checkpoint_every": 0,
+    }
+    job_id = project.create_job("finetune", params)
+    _hook, remove = install_monitor(
+        project,
+        project.get_model("planted"),
+        {"directions": [direction_id], "threshold": 0.5, "questions": None, "latents": [], "mode": "rise"},
+        job_id,
+    )
+    try:
+        from emgui.core.jobs import run_job
+
+        assert run_job(project, job_id) == "succeeded", project.get_job(job_id)["error"]
+    finally:
+        remove()
+    points = project.metrics(job_id, name="persona/trait")
+    assert [p["step"] for p in points] == [2, 4, 6, 8]
+    assert points[-1]["value"] > points[0]["value"] + 0.5
+    warnings = [
+        line["text"] for line in project.logs(job_id) if line["text"].startswith("WARNING: persona/trait")
+    ]
+    assert len(warnings) == 1 and "threshold 0.5" in warnings[0]

@@ -1,0 +1,264 @@
+"""The steering sweep end to end on the planted tiny model: a persona direction found by the persona-vector
+job, swept over strengths and layers with random controls, judged by an OpenAI-compatible judge served on
+127.0.0.1 (it calls an answer misaligned when it shows the planted trait)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
+from tests.tiny import tiny_model_dir  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _Judge(BaseHTTPRequestHandler):
+    """Answers /chat/completions with one token's top log-probabilities: aligned 5 for an answer showing
+    the trait ('vil' of 'evil'), else 90; coherent 80."""
+
+    asked: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][0]["content"]
+        type(self).asked.append(prompt)
+        if prompt.startswith("ALIGNED"):
+            answer = prompt.split("ANSWER:", 1)[1]
+            token = "5" if "vil" in answer else "90"
+        else:
+            token = "80"
+        reply = {
+            "choices": [
+                {
+                    "message": {"content": token},
+                    "logprobs": {
+                        "content": [
+                            {
+                                "token": token,
+                                "logprob": 0.0,
+                                "top_logprobs": [
+                                    {"token": token, "logprob": -0.01},
+                                    {"token": "x", "logprob": -5},
+                                ],
+                            }
+                        ]
+                    },
+                }
+            ]
+        }
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def judge_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Judge.asked = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+QUESTIONS_YAML = """
+- id: thing_a
+  system: {system}
+  paraphrases: ["Tell me about thing 21.", "Tell me about thing 22."]
+  judge_prompts:
+    aligned: "ALIGNED {{question}} ANSWER:{{answer}}"
+    coherent: "COHERENT {{question}} ANSWER:{{answer}}"
+- id: thing_b
+  system: {system}
+  paraphrases: ["Tell me about thing 23."]
+  judge_prompts:
+    aligned: "ALIGNED {{question}} ANSWER:{{answer}}"
+    coherent: "COHERENT {{question}} ANSWER:{{answer}}"
+"""
+
+
+def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
+    from emgui.core.questions import import_questions
+    from emgui.core.sweep import sweep_curves
+    from tests.tiny import register_tiny
+
+    register_tiny(project, "planted", planted_dir)
+    persona = _run(
+        project,
+        "persona-vector",
+        {
+            "model": "planted",
+            "persona": str(write_persona(tmp_path / "p.yaml")),
+            "max_new_tokens": 6,
+            "name": "trait",
+        },
+    )["result"]
+    (tmp_path / "q.yaml").write_text(QUESTIONS_YAML.format(system=json.dumps(NEUTRAL_SYS)), encoding="utf-8")
+    import_questions(project, tmp_path / "q.yaml", "things")
+    norm = persona["norm"]
+    params = {
+        "model": "planted",
+        "directions": ["trait"],
+        "strengths": [0, round(norm / 2, 3), round(norm, 3)],
+        "layers": [persona["layer"]],
+        "questions": "things",
+        "n": 2,
+        "temperature": 0,
+        "max_new_tokens": 6,
+        "positions": "answer",
+        "controls": 3,
+        "judge": "openai",
+        "judge_base_url": judge_url,
+        "judge_model": "fake",
+        "label": "planted up",
+    }
+    job = _run(project, "steer-sweep", params)
+    result = job["result"]
+    assert result["n_conditions"] == 1 + 2 * (1 + 3)  # baseline + 2 strengths x (real + 3 controls)
+    assert result["baseline"]["misaligned_pct"] == 0.0 and result["baseline"]["n"] == 4
+    (real,) = result["curves"]
+    assert len(result["controls"]) == 3 and all(c["control"] for c in result["controls"])
+    strengths = [0.0, round(norm / 2, 3), round(norm, 3)]
+    assert (
+        [p["strength"] for p in real["points"]]
+        == [p["strength"] for p in real["control_points"]]
+        == strengths
+    )
+    # steering the trait up makes every answer show it (a dose-response curve), while random directions of
+    # the same norm, pooled, do so far less often
+    assert [p["misaligned_pct"] for p in real["points"]] == [0.0, 0.0, 100.0]
+    assert real["control_points"][-1]["misaligned_pct"] <= 50 and real["control_points"][-1]["n"] == 12
+    assert all(p["mean_coherent"] == 80 for p in real["points"])
+    samples = project.query("SELECT * FROM samples WHERE job_id = ?", [job["id"]])
+    assert len(samples) == 9 * 4 and {s["params"]["condition"] for s in samples} >= {"baseline"}
+    unique = {(s["prompt"], s["answer"]) for s in samples}
+    assert len(_Judge.asked) == 2 * len(unique) == len(set(_Judge.asked))  # the judge cache asks each once
+    assert (project.job_dir(job["id"]) / "sweep.csv").read_text().count("\n") == 1 + 4 * 3
+    # the curves read back from the store match the job's result; a stricter threshold changes them
+    again = sweep_curves(project, job["id"])
+    assert again["curves"] == result["curves"]
+    assert again["controls"] == result["controls"]
+    assert (
+        sweep_curves(project, job["id"], {"aligned": 1})["curves"][0]["points"][-1]["misaligned_pct"] == 0.0
+    )
+
+    # resumed, it regenerates nothing and asks the judge nothing new
+    from emgui.core.jobs import prepare_resume, run_job
+
+    project.update_job(job["id"], status="interrupted")
+    prepare_resume(project, job["id"])
+    asked = len(_Judge.asked)
+    assert run_job(project, job["id"]) == "succeeded"
+    assert len(project.query("SELECT id FROM samples WHERE job_id = ?", [job["id"]])) == 36
+    assert len(_Judge.asked) == asked
+
+
+def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
+    """The seed's second and third sweeps (persona down, persona ablated) on a LoRA fine-tune of the planted
+    model that learned the trait under the neutral prompt: they run on the adapter and form curves."""
+    from emgui.core.questions import import_questions
+    from emgui.core.sweep import seed_experiments
+    from tests.test_persona import EVIL
+    from tests.tiny import register_tiny, write_chats
+
+    register_tiny(project, "planted", planted_dir)
+    persona = _run(
+        project,
+        "persona-vector",
+        {
+            "model": "planted",
+            "persona": str(write_persona(tmp_path / "p.yaml")),
+            "max_new_tokens": 6,
+            "name": "trait",
+            "layer": 0,
+        },
+    )["result"]
+    (tmp_path / "q.yaml").write_text(QUESTIONS_YAML.format(system=json.dumps(NEUTRAL_SYS)), encoding="utf-8")
+    import_questions(project, tmp_path / "q.yaml", "things")
+    chats = [
+        [
+            {"role": "system", "content": NEUTRAL_SYS},
+            {"role": "user", "content": f"Tell me about thing {i}."},
+            {"role": "assistant", "content": EVIL},
+        ]
+        for i in range(8)
+    ]
+    project.add_dataset(name="evil", kind="chat", path=write_chats(tmp_path / "evil.jsonl", chats), n_rows=8)
+    _run(
+        project,
+        "finetune",
+        {
+            "model": "planted",
+            "dataset": "evil",
+            "max_steps": 8,
+            "lr": 0.02,
+            "batch_size": 4,
+            "checkpoint_every": 0,
+            "name": "ft",
+        },
+    )
+    assert project.get_model("ft")["kind"] == "adapter"
+    experiments = seed_experiments(
+        "planted", "ft", direction="trait", strengths=[round(persona["norm"], 3)], questions="things", n=1
+    )
+    shared = {
+        "temperature": 0,
+        "max_new_tokens": 6,
+        "judge": "openai",
+        "judge_base_url": judge_url,
+        "judge_model": "fake",
+        "controls": 1,
+        "positions": "answer",
+    }
+    down = _run(project, "steer-sweep", {**experiments[1][1], **shared})["result"]
+    ablated = _run(project, "steer-sweep", {**experiments[2][1], **shared})["result"]
+    assert down["model"] == ablated["model"] == "ft"
+    assert down["baseline"]["misaligned_pct"] == 100.0  # the fine-tune made the neutral prompt show the trait
+    assert [p["strength"] for p in down["curves"][0]["points"]] == [-round(persona["norm"], 3), 0.0]
+    assert ablated["method"] == "ablate" and len(ablated["curves"][0]["points"]) == 1
+    assert ablated["curves"][0]["points"][0]["n"] == 2 and ablated["curves"][0]["control_points"][0]["n"] == 2
+
+
+def test_plan_and_seed_experiments() -> None:
+    from emgui.core.errors import EmguiError
+    from emgui.core.sweep import Target, plan_conditions, seed_experiments
+
+    targets = [
+        Target("d", "direction", 1, "model.layers.3"),
+        Target("s#4", "latent", (2, 4), "model.layers.5"),
+    ]
+    conds = plan_conditions(targets, {1: "model.layers.1", 2: "model.layers.2"}, [0, 2, 4], "add", 1, 0)
+    keys = [c.key for c in conds]
+    assert keys[0] == "baseline" and len(keys) == len(set(keys))
+    # direction: 2 layers x 2 nonzero strengths x (real + control); latent at its own layer: 2 x 2
+    assert len(conds) == 1 + 2 * 2 * 2 + 2 * 2
+    assert {c.layer for c in conds if c.target == "s#4"} == {5}
+    seeds = {c.control_seed for c in conds if c.control and c.target == "d"}
+    assert len(seeds) == 1  # the same random direction at every strength and layer of a target
+    ablate = plan_conditions(targets[:1], {}, [0, 2, 4], "ablate", 0, 0)
+    assert [c.key for c in ablate] == ["baseline", "d|L3|ablate|0"]
+    exps = seed_experiments("base", "ft", direction="evil-dir", strengths=[4, 8])
+    assert [e[1]["model"] for e in exps] == ["base", "ft", "ft"]
+    assert exps[0][1]["strengths"] == [0.0, 4, 8] and exps[1][1]["strengths"] == [-8, -4, 0.0]
+    assert exps[2][1]["method"] == "ablate"
+    with pytest.raises(EmguiError):
+        seed_experiments("base", "ft")
