@@ -28,7 +28,7 @@ def test_pages_switch_and_show_project(window, project) -> None:
     assert window.project_label.text() == project.name
     for key in ("start", "models", "jobs"):
         page = window.show_page(key)
-        assert window.stack.currentWidget() is page
+        assert window.current_page() is page
     assert str(project.root) in window.pages["start"].summary.text()
 
 
@@ -203,5 +203,5 @@ def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
     model = win.project.list_models()[0]
     assert model["name"] == "SmolLM2-135M-Instruct" and model["kind"] == "gguf"
     assert model["n_params"] == 134_515_008
-    assert win.stack.currentWidget() is win.pages["models"]
+    assert win.current_page() is win.pages["models"]
     win.bridge.shutdown(10)

@@ -8,11 +8,13 @@ from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QScrollArea,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -70,7 +72,11 @@ class MainWindow(QMainWindow):
         for cls in _page_classes():
             page = cls(self)
             self.pages[cls.key] = page
-            self.stack.addWidget(page)
+            scroll = QScrollArea()  # a small screen scrolls a page instead of clipping it
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setWidget(page)
+            self.stack.addWidget(scroll)
             item = QListWidgetItem(cls.title)
             item.setData(Qt.ItemDataRole.UserRole, cls.key)
             self.nav.addItem(item)
@@ -177,9 +183,13 @@ class MainWindow(QMainWindow):
 
     def _on_nav(self, row: int) -> None:
         self.stack.setCurrentIndex(row)
-        page = self.stack.currentWidget()
-        if isinstance(page, Page):
+        page = self.current_page()
+        if page is not None:
             page.refresh()
+
+    def current_page(self) -> Page | None:
+        scroll = self.stack.currentWidget()
+        return scroll.widget() if isinstance(scroll, QScrollArea) else None
 
     def probe_device(self) -> None:
         """Import torch and read the device off the UI thread: the window is already up."""

@@ -785,7 +785,11 @@ class SweepsTab(QWidget):
         super().__init__()
         self.page = page
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self._build_form())
+        form = QScrollArea()  # a long form must not force the window taller than a laptop screen
+        form.setWidgetResizable(True)
+        form.setFrameShape(QFrame.Shape.NoFrame)
+        form.setWidget(self._build_form())
+        split.addWidget(form)
         split.addWidget(self._build_results())
         split.setSizes([360, 860])
         layout = QVBoxLayout(self)
