@@ -827,6 +827,8 @@ class FeaturesPage(Page):
             )
         if keep is not None and not self.select_latent(keep):
             self._clear_panel()
+        elif keep is None and self.model.rowCount():
+            self.table.selectRow(0)  # open the top-ranked latent: the one a researcher looks at first
 
     def _apply_filter(self) -> None:
         self.model.set_filter(self.search.text(), self.filter_combo.currentIndex())
