@@ -26,6 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault(
+    "EMGUI_HOME", tempfile.mkdtemp(prefix="emgui-bench-home-")
+)  # keep the recent-projects list clean
 HOOK = "model.layers.1"
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault(
+    "EMGUI_HOME", tempfile.mkdtemp(prefix="emgui-bench-home-")
+)  # keep the recent-projects list clean
 
 from emgui.core.jobs import JobKind, register_kind, run_job  # noqa: E402
 from emgui.core.store import Project  # noqa: E402

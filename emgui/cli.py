@@ -169,12 +169,30 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(value: Any, limit: int = 12) -> Any:
+    """A result for reading in a terminal: long lists (token ids, per-layer scores) are cut short."""
+    if isinstance(value, dict):
+        return {k: _compact(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) > limit:
+            return [_compact(v, limit) for v in value[:5]] + [f"... {len(value) - 5} more (see --json)"]
+        return [_compact(v, limit) for v in value]
+    return value
+
+
+def _print_result(job: dict, full: bool) -> None:
+    result = job["result"] if full else _compact(job["result"])
+    print(
+        json.dumps({"job": job["id"], "status": job["status"], "result": result}, indent=None if full else 2)
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from emgui.core.params import parse_cli_params
 
     project = _open(args.project)
     job = run_inline(project, args.kind, parse_cli_params(args.param or []))
-    print(json.dumps({"job": job["id"], "status": job["status"], "result": job["result"]}, indent=2))
+    _print_result(job, args.json)
     return 0
 
 
@@ -184,7 +202,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     project = _open(args.project)
     job = prepare_resume(project, args.job)
     job = run_inline(project, job["kind"], job["params"], job_id=args.job)
-    print(json.dumps({"job": job["id"], "status": job["status"], "result": job["result"]}, indent=2))
+    _print_result(job, args.json)
     return 0
 
 
@@ -281,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("kind")
     p.add_argument("--param", action="append", metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -288,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("project")
     p.add_argument("job", type=int)
+    p.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("jobs", help="list a project's jobs")

@@ -271,7 +271,8 @@ def build_dashboards(
     span = b - a
 
     def tick(frac: float) -> None:
-        ctx.progress(a + span * 0.8 * frac, f"dashboards: running the corpus ({len(seqs)} texts)")
+        done = round(frac * len(seqs))
+        ctx.progress(a + span * 0.8 * frac, f"dashboards: running the corpus ({done} / {len(seqs)} texts)")
 
     values = _latent_values(model, sae, sae_row["hook_name"], seqs, latents, pad_id, batch_tokens, tick)
     ctx.progress(a + span * 0.85, "dashboards: examples, histograms, logit effects")

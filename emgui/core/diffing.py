@@ -406,7 +406,12 @@ def diff_job(params: dict, ctx: Any) -> dict:
         from emgui.core.dashboards import build_dashboards, default_corpus
 
         latents = [r["latent"] for r in ranking[: s["dashboards"]]]
-        corpus = default_corpus(project, samples=[s["prompts"]] if s["prompts"] is not None else [])
+        # The dashboard corpus follows the user's budget: at most max_examples chats per dataset.
+        corpus = default_corpus(
+            project,
+            samples=[s["prompts"]] if s["prompts"] is not None else [],
+            per_dataset=min(300, s["max_examples"]),
+        )
         if s["dataset"] is not None:
             corpus = items + corpus
         n_dash = build_dashboards(
