@@ -7,6 +7,7 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFrame,
     QHBoxLayout,
@@ -71,6 +72,10 @@ class MainWindow(QMainWindow):
         self.pages: dict[str, Page] = {}
         for cls in _page_classes():
             page = cls(self)
+            for combo in page.findChildren(QComboBox):
+                # Long item texts (direction and run names) must not widen a page past the window.
+                combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+                combo.setMinimumContentsLength(12)
             self.pages[cls.key] = page
             scroll = QScrollArea()  # a small screen scrolls a page instead of clipping it
             scroll.setWidgetResizable(True)
