@@ -787,13 +787,16 @@ def summarize(
     }
 
 
-def list_runs(project: Any) -> list[dict]:
-    """Jobs with answers: id, kind, model, question set, number of answers, judges that scored them."""
+def list_runs(project: Any, kinds: tuple[str, ...] = ("sample", "evaluate", "vuln-check")) -> list[dict]:
+    """Evaluation runs (jobs of `kinds` with answers): id, kind, model, question set, number of answers, judges.
+    Persona-vector and sweep answers are left out: they mix conditions and have views of their own."""
+    marks = ",".join("?" for _ in kinds)
     rows = project.query(
         "SELECT s.job_id AS run, j.kind, j.status, j.created_at, s.model_id, m.name AS model, m.info AS model_info, "
         "d.name AS questions_set, COUNT(*) AS n FROM samples s JOIN jobs j ON j.id = s.job_id "
         "LEFT JOIN models m ON m.id = s.model_id LEFT JOIN datasets d ON d.id = s.dataset_id "
-        "GROUP BY s.job_id ORDER BY s.job_id"
+        f"WHERE j.kind IN ({marks}) GROUP BY s.job_id ORDER BY s.job_id",
+        kinds,
     )
     judges = project.query(
         "SELECT DISTINCT s.job_id AS run, sc.judge FROM scores sc JOIN samples s ON s.id = sc.sample_id"
