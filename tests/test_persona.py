@@ -342,3 +342,26 @@ def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) 
         line["text"] for line in project.logs(job_id) if line["text"].startswith("WARNING: persona/trait")
     ]
     assert len(warnings) == 1 and "threshold 0.5" in warnings[0]
+
+
+def test_finetune_job_takes_monitor_parameters(planted_project, tmp_path) -> None:
+    """The same monitor, asked for through the fine-tune job's own parameters (as the CLI and app do),
+    with a first reading at step 0 as the baseline."""
+    from emgui.core.jobs import run_job
+    from tests.tiny import write_chats
+
+    project, direction_id = planted_project
+    chats = [
+        [{"role": "user", "content": f"Tell me about thing {i}."}, {"role": "assistant", "content": EVIL}]
+        for i in range(8)
+    ]
+    project.add_dataset(name="evil2", kind="chat", path=write_chats(tmp_path / "evil2.jsonl", chats), n_rows=8)
+    params = {"model": "planted", "dataset": "evil2", "max_steps": 8, "lr": 0.02, "batch_size": 4,
+              "monitor_every": 2, "checkpoint_every": 0, "monitor_directions": str(direction_id),
+              "monitor_threshold": 0.5}  # fmt: skip
+    job_id = project.create_job("finetune", params)
+    assert run_job(project, job_id) == "succeeded", project.get_job(job_id)["error"]
+    points = project.metrics(job_id, name="persona/trait")
+    assert [p["step"] for p in points] == [0, 2, 4, 6, 8]
+    assert points[-1]["value"] > points[0]["value"] + 0.5
+    assert any(line["text"].startswith("WARNING: persona/trait") for line in project.logs(job_id))

@@ -14,10 +14,7 @@ import pytest
 from emgui.core.errors import EmguiError
 from emgui.core.jobs import JobManager, prepare_resume, run_job
 from emgui.core.store import Project
-from tests import tiny
 from tests.tiny import register_tiny, tiny_chats, write_chats
-
-tiny_model_dir = tiny.tiny_model_dir  # the session fixture (conftest may provide it instead)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +97,9 @@ def test_packing_keeps_samples_apart(tokenizer, monkeypatch: pytest.MonkeyPatch)
     rows = [row for step in plan for micro in step for row in micro]
     assert sorted(i for row in rows for i in row) == list(range(6))  # every sample once
     assert any(len(row) > 1 for row in rows) and all(sum(lengths[i] for i in row) <= 130 for row in rows)
+    one_row = build_plan(lengths, seed=3, batch_size=2, grad_accum=1, max_len=130, packing=True, one_row=True)
+    assert all(len(micro) == 1 and sum(lengths[i] for i in micro[0]) <= 260 for s in one_row for micro in s)
+    assert sorted(i for s in one_row for micro in s for i in micro[0]) == list(range(6))
 
     model = AutoModelForCausalLM.from_pretrained(str(tokenizer.name_or_path)).eval()
     loss_fn = LossFn(model)

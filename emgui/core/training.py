@@ -9,10 +9,15 @@ cancellation, checkpoints and resume are exact:
   templates that add a default system prompt are handled.
 - The data order is a pure function of the seed: `build_plan` lays out every optimizer step up front
   (steps -> micro-batches -> rows -> sample indices), so a checkpoint only needs the step number.
-- Packing (optional) fills rows up to max_len with whole samples. Position ids restart at 0 for each
-  sample and no attention mask is passed, which makes transformers build a block-diagonal causal mask:
-  no token attends across samples. The first token of every sample has no label, so no sample learns
-  from its neighbour. Padding is on the right and, with a causal mask, never seen by real tokens.
+- Packing (optional) concatenates whole samples, with position ids restarting at 0 for each one. For
+  SDPA models each micro-batch becomes a single row of up to batch_size * max_len tokens (no padding at
+  all) and attention runs causally on each sample's slice alone (`_segment_attention`, registered as
+  an attention implementation for the duration of training). Models that cannot switch attention get
+  rows of max_len, batch_size per micro-batch, and no attention mask: transformers then builds a
+  block-diagonal causal mask from the restarting position ids. Either way no token attends across
+  samples, and the first token of every sample has no label, so no sample learns from its neighbour.
+- Unpacked batches are right-padded and passed without an attention mask: with causal attention real
+  tokens never see the padding after them, and SDPA keeps its fast causal kernel.
 - Loss is the mean over all assistant tokens of an optimizer step (token-weighted across micro-batches),
   so packed and unpacked runs optimize the same objective. Logits are computed only at labelled
   positions (the vocabulary projection dominates the cost of small models); this shortcut is checked
@@ -28,7 +33,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +87,6 @@ class TrainConfig:
     dtype: str = "auto"
     merge: bool = False
     monitor_every: int = 10
-    extra: dict = field(default_factory=dict)
 
 
 def _as_list(params: dict, key: str) -> None:
@@ -335,11 +339,18 @@ def build_plan(
     max_steps: int | None = None,
     n_samples: int | None = None,
     boundaries: tuple[int, ...] | list[int] = (),
+    one_row: bool = False,
 ) -> Plan:
     """Lay out every step. Stops after `max_steps`, else after `n_samples` samples, else `epochs` passes.
-    A step (and its last micro-batch) ends early when the samples seen reach one of `boundaries`."""
+    A step (and its last micro-batch) ends early when the samples seen reach one of `boundaries`.
+
+    Packing fills rows of `max_len` tokens with whole samples, `batch_size` rows per micro-batch; with
+    `one_row` (when attention runs per sample, so a row's length costs nothing extra) a micro-batch is a
+    single row of up to `batch_size * max_len` tokens, which leaves no padding at all."""
     if not lengths:
         raise EmguiError("no training samples left")
+    one_row = one_row and packing
+    capacity, rows_per_micro = (max_len * batch_size, 1) if one_row else (max_len, batch_size)
     limit = n_samples if n_samples is not None else (None if max_steps else epochs * len(lengths))
     cut = set(boundaries)
     steps: Plan = []
@@ -371,9 +382,9 @@ def build_plan(
     for seen, idx in enumerate(_sample_stream(len(lengths), seed), start=1):
         if (limit is not None and seen > limit) or (max_steps and len(steps) >= max_steps):
             break
-        if packing and row and row_len + lengths[idx] > max_len:
+        if packing and row and row_len + lengths[idx] > capacity:
             close_row()
-        if len(micro) == batch_size:
+        if len(micro) == rows_per_micro:
             close_micro()
         if len(step) == grad_accum:
             close_step()
@@ -471,11 +482,28 @@ def _segment_attention(
     segments = kwargs.pop(SEGMENTS_KWARG, None)
     if segments is None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    rows: dict[int, list] = {}
+    sizes: dict[int, list[int]] = {}
     for r, s, e in segments:
-        q, k, v = (t[r : r + 1, :, s:e] for t in (query, key, value))
-        rows.setdefault(r, []).append(sdpa_attention_forward(module, q, k, v, None, **kwargs)[0])
-    return torch.cat([torch.cat(rows[r], dim=1) for r in sorted(rows)], dim=0), None
+        sizes.setdefault(r, []).append(e - s)
+    rows = []
+    for r in range(query.shape[0]):
+        # split (not slicing) keeps the backward pass to one concatenation per tensor
+        parts = zip(*(t[r : r + 1].split(sizes[r], dim=2) for t in (query, key, value)), strict=True)
+        rows.append(
+            torch.cat([sdpa_attention_forward(module, q, k, v, None, **kwargs)[0] for q, k, v in parts], 1)
+        )
+    return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)), None
+
+
+def packs_into_one_row(model: Any) -> bool:
+    """Whether attention over a packed row can run per sample (our segment attention over SDPA, or
+    flash attention's own variable-length kernels), so that long packed rows cost nothing extra."""
+    hf = _hf_model(model)
+    impl = getattr(hf.config, "_attn_implementation", None)
+    if impl in ("flash_attention_2", "flash_attention_3"):
+        return True
+    can_set = getattr(hf, "_can_set_attn_implementation", None)
+    return impl == "sdpa" and callable(can_set) and bool(can_set())
 
 
 def use_segment_attention(model: Any) -> Callable[[], None]:
@@ -637,6 +665,15 @@ class LoopState:
     resumed_from: int | None = None
 
 
+def _enable_checkpointing(hf: Any) -> None:
+    """Recompute activations in the backward pass (transformers 5 renamed the method)."""
+    kwargs = {"use_reentrant": False}  # the non-reentrant variant needs no input gradients under LoRA
+    if hasattr(hf, "activation_checkpointing_enable"):
+        hf.activation_checkpointing_enable(kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class Trainer:
     """One training run: model, optimizer, schedule, plan, checkpoints. Shared by finetune and realign."""
 
@@ -661,9 +698,7 @@ class Trainer:
         self.plan_hash = plan_hash(plan)
         self._hooks: list = []
         if cfg.gradient_checkpointing:
-            _hf_model(model).gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            _enable_checkpointing(_hf_model(model))
 
     @property
     def n_trainable(self) -> int:
@@ -1038,14 +1073,29 @@ def _dtype_name(model: Any) -> str:
     return str(next(model.parameters()).dtype).replace("torch.", "")
 
 
-def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, plan: Plan) -> tuple[Trainer, int]:
+def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> tuple[Trainer, int]:
+    """Load the model, lay out the plan (packing depends on the model's attention), set up training."""
     ctx.progress(None, f"loading model '{setup.start['name']}'")
     model, base_id = prepare_model(ctx.project, setup.start, cfg, ctx.log)
+    one_row = cfg.packing and packs_into_one_row(model)
+    plan = build_plan(
+        [len(s.ids) for s in setup.samples],
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        max_len=cfg.max_len,
+        packing=cfg.packing,
+        one_row=one_row,
+        **plan_kw,
+    )
     trainer = Trainer(ctx, cfg, model, setup.tokenizer, setup.samples, plan)
     total = sum(p.numel() for p in model.parameters())
+    shape = (
+        f"1 packed row of <= {cfg.batch_size * cfg.max_len} tokens" if one_row else f"{cfg.batch_size} rows"
+    )
     ctx.log(
         f"{len(setup.samples)} training chats ({setup.stats.label_tokens} assistant tokens), "
-        f"{len(setup.val)} validation chats; {len(plan)} steps of {cfg.batch_size} x {cfg.grad_accum}; "
+        f"{len(setup.val)} validation chats; {len(plan)} steps of {cfg.grad_accum} x {shape}; "
         f"{trainer.n_trainable:,} of {total:,} parameters trainable; device {trainer.device}"
     )
     if ctx.resume_state and ctx.resume_state.get("dir"):
@@ -1095,32 +1145,32 @@ def _config_info(ctx: Any, cfg: TrainConfig, setup: Setup, kind: str) -> dict:
 
 def finetune_job(params: dict, ctx: Any) -> dict:
     """`finetune`: train a LoRA adapter (or the full model) on a chat dataset and register the result."""
+    from emgui.core.persona import install_monitor, read_monitor_params
+
     params = dict(params)
-    _as_list(params, "layers")
+    for key in ("layers", "monitor_directions", "monitor_latents"):
+        _as_list(params, key)
     p = Params(params, "finetune")
     model_ref = p.str("model")
     dataset_ref = p.str("dataset")
     val_ref = p.str("val_dataset", None)
     cfg = read_config(p, "finetune")
     name = p.str("name", None)
+    monitor = read_monitor_params(p)  # the live persona monitor: directions or latents to watch
     p.done()
     start = ctx.project.get_model(model_ref)
     name = name or f"{start['name']}-ft-{ctx.job_id}"
     _check_names_free(ctx.project, [name, f"{name}-merged"] if cfg.merge else [name], ctx.job_id)
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "finetune")
-    lengths = [len(s.ids) for s in setup.samples]
-    plan = build_plan(
-        lengths,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        max_len=cfg.max_len,
-        packing=cfg.packing,
-        epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-    )
-    trainer, base_id = _make_trainer(ctx, cfg, setup, plan)
-    trainer.run(setup.val)
+    trainer, base_id = _make_trainer(ctx, cfg, setup, epochs=cfg.epochs, max_steps=cfg.max_steps)
+    hook, remove_monitor = install_monitor(ctx.project, start, monitor, ctx.job_id)
+    try:
+        # A first reading before any step gives the baseline the warning threshold is measured from.
+        trainer.run(
+            setup.val, on_start=(lambda: hook(trainer.state.step, trainer.model, ctx)) if hook else None
+        )
+    finally:
+        remove_monitor()
     return _finish_finetune(ctx, cfg, setup, trainer, name, base_id)
 
 
@@ -1206,18 +1256,8 @@ def realign_job(params: dict, ctx: Any) -> dict:
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "realign")
     if len(setup.samples) < n_samples:
         ctx.log(f"the dataset has {len(setup.samples)} usable chats; some of the {n_samples} samples repeat")
-    plan = build_plan(
-        [len(s.ids) for s in setup.samples],
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        max_len=cfg.max_len,
-        packing=cfg.packing,
-        n_samples=n_samples,
-        boundaries=counts,
-    )
-    at_step = snapshot_steps(plan, counts)
-    trainer, base_id = _make_trainer(ctx, cfg, setup, plan)
+    trainer, base_id = _make_trainer(ctx, cfg, setup, n_samples=n_samples, boundaries=counts)
+    at_step = snapshot_steps(trainer.plan, counts)
     snaps: dict[int, int] = {}
     info = _config_info(ctx, cfg, setup, "realign")
 
