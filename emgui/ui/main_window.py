@@ -43,16 +43,7 @@ PAGES = [
 def _page_classes() -> list[type[Page]]:
     import importlib
 
-    classes = []
-    for module_name, class_name in PAGES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # TODO(lead): make strict once every page has landed
-        classes.append(getattr(module, class_name))
-    return classes
+    return [getattr(importlib.import_module(module), name) for module, name in PAGES]
 
 
 class MainWindow(QMainWindow):
