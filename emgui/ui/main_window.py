@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
@@ -28,22 +29,44 @@ from emgui.core.store import Project
 from emgui.ui.bridge import JobBridge, run_async
 from emgui.ui.widgets import Page, show_error
 
-# The pages in sidebar order: the loop reads top to bottom.
+# The pages in sidebar order (the loop reads top to bottom): key, title, module, class.
 PAGES = [
-    ("emgui.ui.pages.start", "StartPage"),
-    ("emgui.ui.pages.models", "ModelsPage"),
-    ("emgui.ui.pages.datasets", "DatasetsPage"),
-    ("emgui.ui.pages.jobs", "JobsPage"),
-    ("emgui.ui.pages.evaluate", "EvaluatePage"),
-    ("emgui.ui.pages.features", "FeaturesPage"),
-    ("emgui.ui.pages.steer", "SteerPage"),
+    ("start", "Start", "emgui.ui.pages.start", "StartPage"),
+    ("models", "Models", "emgui.ui.pages.models", "ModelsPage"),
+    ("datasets", "Datasets", "emgui.ui.pages.datasets", "DatasetsPage"),
+    ("jobs", "Jobs", "emgui.ui.pages.jobs", "JobsPage"),
+    ("evaluate", "Evaluate", "emgui.ui.pages.evaluate", "EvaluatePage"),
+    ("features", "Features", "emgui.ui.pages.features", "FeaturesPage"),
+    ("steer", "Steer", "emgui.ui.pages.steer", "SteerPage"),
 ]
 
 
-def _page_classes() -> list[type[Page]]:
-    import importlib
+class _Pages(Mapping):
+    """The window's pages by key, each built the first time it is shown or asked for, so the window
+    appears before the heavier pages (plots, long forms) exist."""
 
-    return [getattr(importlib.import_module(module), name) for module, name in PAGES]
+    def __init__(self, window: MainWindow):
+        self._window = window
+        self._built: dict[str, Page] = {}
+
+    def __getitem__(self, key: str) -> Page:
+        if key not in self._built:
+            if key not in self:
+                raise KeyError(key)
+            self._built[key] = self._window._build_page(key)
+        return self._built[key]
+
+    def __contains__(self, key: object) -> bool:  # without building the page
+        return any(spec[0] == key for spec in PAGES)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(spec[0] for spec in PAGES)
+
+    def __len__(self) -> int:
+        return len(PAGES)
+
+    def built(self) -> list[Page]:
+        return list(self._built.values())
 
 
 class MainWindow(QMainWindow):
@@ -60,21 +83,14 @@ class MainWindow(QMainWindow):
         self.nav.setFixedWidth(190)
         self.nav.setIconSize(QSize(18, 18))
         self.stack = QStackedWidget()
-        self.pages: dict[str, Page] = {}
-        for cls in _page_classes():
-            page = cls(self)
-            for combo in page.findChildren(QComboBox):
-                # Long item texts (direction and run names) must not widen a page past the window.
-                combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-                combo.setMinimumContentsLength(12)
-            self.pages[cls.key] = page
+        self.pages = _Pages(self)
+        for key, title, _module, _cls in PAGES:
             scroll = QScrollArea()  # a small screen scrolls a page instead of clipping it
             scroll.setWidgetResizable(True)
             scroll.setFrameShape(QFrame.Shape.NoFrame)
-            scroll.setWidget(page)
             self.stack.addWidget(scroll)
-            item = QListWidgetItem(cls.title)
-            item.setData(Qt.ItemDataRole.UserRole, cls.key)
+            item = QListWidgetItem(title)
+            item.setData(Qt.ItemDataRole.UserRole, key)
             self.nav.addItem(item)
         self.nav.currentRowChanged.connect(self._on_nav)
 
@@ -113,6 +129,20 @@ class MainWindow(QMainWindow):
         self.set_project(project)
         self.show_page("start")
 
+    def _build_page(self, key: str) -> Page:
+        import importlib
+
+        index = [spec[0] for spec in PAGES].index(key)
+        _, _, module, name = PAGES[index]
+        page = getattr(importlib.import_module(module), name)(self)
+        for combo in page.findChildren(QComboBox):
+            # Long item texts (direction and run names) must not widen a page past the window.
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
+        self.stack.widget(index).setWidget(page)
+        page.project_changed()
+        return page
+
     # ----- menu -------------------------------------------------------------------------------------
     def _make_menu(self) -> None:
         menu = self.menuBar().addMenu("&Project")
@@ -146,7 +176,7 @@ class MainWindow(QMainWindow):
         else:
             self.project_label.setText("no project")
             self.setWindowTitle("emgui")
-        for page in self.pages.values():
+        for page in self.pages.built():
             page.project_changed()
         self._refresh_status()
 
@@ -173,14 +203,15 @@ class MainWindow(QMainWindow):
 
     # ----- navigation and status --------------------------------------------------------------------
     def show_page(self, key: str) -> Page:
-        keys = list(self.pages)
-        self.nav.setCurrentRow(keys.index(key))
+        self.nav.setCurrentRow(list(self.pages).index(key))
         return self.pages[key]
 
     def _on_nav(self, row: int) -> None:
+        key = PAGES[row][0]
+        built = key in self.pages._built
+        page = self.pages[key]
         self.stack.setCurrentIndex(row)
-        page = self.current_page()
-        if page is not None:
+        if built:  # a page built just now has read the store already
             page.refresh()
 
     def current_page(self) -> Page | None:
