@@ -125,6 +125,8 @@ def test_train_topk_sae_round_trips_through_sae_lens(tiny_project: Project, tiny
     info = row["info"]
     assert info["explained_variance"] > 0.5 and abs(info["l0"] - 4) < 1e-6
     assert 0.0 <= info["dead_fraction"] <= 1.0
+    warned = any("reconstructs poorly" in line["text"] for line in tiny_project.logs(job))
+    assert warned == (info["explained_variance"] < 0.5 or info["dead_fraction"] > 0.5)
     # a random tiny model predicts almost uniformly, so only the ordering of the gaps is meaningful here
     clean, spliced, zero = info["ce_loss_clean"], info["ce_loss_sae"], info["ce_loss_zero"]
     assert abs(spliced - clean) < abs(zero - clean)

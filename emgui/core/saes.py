@@ -612,7 +612,8 @@ def _cache_activations(
         keep[:, 0] = False
         chunks.append(acts[keep].float().cpu())
         have += chunks[-1].shape[0]
-        ctx.progress(0.3 * min(1.0, have / n_tokens), f"caching activations: {have:,} / {n_tokens:,} tokens")
+        shown = min(have, n_tokens)  # the last batch overshoots; the cache is cut to n_tokens below
+        ctx.progress(0.3 * shown / n_tokens, f"caching activations: {shown:,} / {n_tokens:,} tokens")
         if have >= n_tokens or i == len(batches) - 1:
             break
     if not have:
@@ -939,6 +940,12 @@ def train_job(params: dict, ctx: Any) -> dict:
     for key in ("explained_variance", "l0", "ce_loss_recovered", "dead_fraction"):
         if key in info:
             ctx.log(f"{key}: {info[key]:.4f}")
+    if info.get("explained_variance", 1.0) < 0.5 or info.get("dead_fraction", 0.0) > 0.5:
+        # Still saved (it is a real result), but a researcher should not read latents off it unawares.
+        ctx.log(
+            "WARNING: this SAE reconstructs poorly (explained variance below 0.5 or over half its latents dead): "
+            "train on more tokens (`tokens`), for longer, or with a smaller `k` / `expansion` before diffing with it"
+        )
     cache_path.unlink(missing_ok=True)  # large; the SAE is saved
     ctx.progress(1.0, "trained")
     return {"sae_id": sae_id, "name": name, **{k: info[k] for k in ("explained_variance", "l0") if k in info}}
