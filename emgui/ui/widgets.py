@@ -5,7 +5,15 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QMessageBox, QTableWidgetItem, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
 
 from emgui.core.store import Project
 
@@ -102,3 +110,16 @@ class SortableItem(QTableWidgetItem):
             return self.key < other_key
         except TypeError:
             return str(self.key) < str(other_key)
+
+
+def record_table(columns: list[str], *, stretch: int = -1, single: bool = True) -> QTableWidget:
+    """A read-only table of records: whole-row selection, no row numbers, one column taking the spare width."""
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    if single:
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.horizontalHeader().setSectionResizeMode(stretch % len(columns), QHeaderView.ResizeMode.Stretch)
+    return table

@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -22,7 +21,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
-    QTableWidget,
     QTabWidget,
     QTextBrowser,
     QTreeWidget,
@@ -33,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from emgui.core import chatdata
 from emgui.ui.bridge import run_async
-from emgui.ui.widgets import Page, SortableItem, heading, hint, show_error
+from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
 
 PAGE_SIZE = 50
 ROLE_COLORS = {"system": "#64748b", "user": "#1d4ed8", "assistant": "#047857"}
@@ -89,13 +87,7 @@ class DatasetsPage(Page):
         layout.addWidget(self.partial_box)
 
         split = QSplitter(Qt.Orientation.Horizontal)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Name", "Kind", "Rows", "Made by"])
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.table = record_table(["Name", "Kind", "Rows", "Made by"])
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self._dataset_selected)
         split.addWidget(self.table)

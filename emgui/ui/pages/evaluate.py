@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 from emgui.core import evaluation as ev
 from emgui.core.errors import EmguiError
 from emgui.ui.plots import PALETTE
-from emgui.ui.widgets import Page, SortableItem, heading, hint, show_error
+from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
 
 EVAL_KINDS = ("sample", "evaluate", "judge", "vuln-check", "questions-import")
 RUN_COLUMNS = ["Run", "Kind", "Model", "Questions", "Answers", "Judge", "Misaligned %", "95% CI", "Coherence",
@@ -355,15 +355,7 @@ class EvaluatePage(Page):
         frow.addWidget(self.filter_combo)
         frow.addWidget(self.answer_count)
         ll.addLayout(frow)
-        self.answers_table = QTableWidget(0, len(ANSWER_COLUMNS))
-        self.answers_table.setHorizontalHeaderLabels(ANSWER_COLUMNS)
-        self.answers_table.verticalHeader().setVisible(False)
-        self.answers_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.answers_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.answers_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.answers_table.horizontalHeader().setSectionResizeMode(
-            len(ANSWER_COLUMNS) - 1, QHeaderView.ResizeMode.Stretch
-        )
+        self.answers_table = record_table(ANSWER_COLUMNS)
         self.answers_table.setSortingEnabled(True)
         self.answers_table.itemSelectionChanged.connect(self._show_answer)
         ll.addWidget(self.answers_table, 1)

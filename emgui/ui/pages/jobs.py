@@ -11,15 +11,12 @@ import json
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QHBoxLayout,
-    QHeaderView,
     QMenu,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSplitter,
-    QTableWidget,
     QTabWidget,
     QToolButton,
     QTreeWidget,
@@ -35,6 +32,7 @@ from emgui.ui.widgets import (
     human_bytes,
     human_duration,
     job_duration,
+    record_table,
     show_error,
 )
 
@@ -85,13 +83,7 @@ class JobsPage(Page):
         layout.addLayout(head)
 
         split = QSplitter(Qt.Orientation.Vertical)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.table = record_table(COLUMNS)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         split.addWidget(self.table)
 

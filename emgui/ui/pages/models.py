@@ -6,11 +6,9 @@ import json
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
@@ -18,7 +16,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
-    QTableWidget,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -26,7 +23,16 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.errors import EmguiError
-from emgui.ui.widgets import Page, SortableItem, heading, hint, human_bytes, human_count, show_error
+from emgui.ui.widgets import (
+    Page,
+    SortableItem,
+    heading,
+    hint,
+    human_bytes,
+    human_count,
+    record_table,
+    show_error,
+)
 
 COLUMNS = ["Name", "Kind", "Architecture", "Parameters", "Dtype", "Size", "Location"]
 MODEL_JOB_KINDS = ("model-import", "model-download")
@@ -103,13 +109,7 @@ class ModelsPage(Page):
         layout.addLayout(self.transfer_box)
 
         split = QSplitter(Qt.Orientation.Vertical)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.table = record_table(COLUMNS)
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self._show_details)
         split.addWidget(self.table)

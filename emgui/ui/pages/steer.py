@@ -61,7 +61,7 @@ from emgui.core import steering as st
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
 from emgui.ui.plots import PALETTE, MetricGrid
-from emgui.ui.widgets import Page, SortableItem, heading, hint, show_error
+from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
 
 STEER_KINDS = ("persona-vector", "diff-means", "persona-screen", "steer-sweep")
 SLIDER_STEPS = 200  # a slider runs from -max to +max in this many steps each way
@@ -867,13 +867,7 @@ class SweepsTab(QWidget):
         box = QWidget()
         layout = QVBoxLayout(box)
         layout.setContentsMargins(6, 0, 0, 0)
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Job", "Status", "Model", "Label", "Targets"])
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.table = record_table(["Job", "Status", "Model", "Label", "Targets"])
         self.table.setMaximumHeight(150)
         self.table.itemSelectionChanged.connect(self.plot_selected)
         layout.addWidget(self.table)
@@ -1154,13 +1148,7 @@ class DirectionsTab(QWidget):
         top_layout = QHBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         left = QVBoxLayout()
-        self.table = QTableWidget(0, len(DIRECTION_COLUMNS))
-        self.table.setHorizontalHeaderLabels(DIRECTION_COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table = record_table(DIRECTION_COLUMNS, stretch=0)
         self.table.itemSelectionChanged.connect(self._show_selected)
         left.addWidget(self.table, 1)
         buttons = QHBoxLayout()
