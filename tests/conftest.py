@@ -30,6 +30,24 @@ def _test_job_kinds() -> None:
     jobkinds_for_tests.register()
 
 
+@pytest.fixture(autouse=True)
+def _collect_qt_garbage_in_the_main_thread():
+    """Windows of finished tests sit in reference cycles. Were the cyclic garbage collector to free them
+    later from a job's worker thread, Qt would destroy widgets off the GUI thread and deadlock against it.
+    Free them here, in the main thread, after every test."""
+    yield
+    import gc
+
+    app = None
+    if "PySide6" in sys.modules:
+        from PySide6.QtCore import QCoreApplication, QEvent
+
+        app = QCoreApplication.instance()
+        if app is not None:
+            QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     from emgui.core.store import Project
@@ -42,7 +60,9 @@ def project(tmp_path: Path):
 @pytest.fixture
 def shared_em() -> Path:
     if not SHARED_EM.is_dir():
-        pytest.skip(f"the paper's data folder {SHARED_EM} is absent (it lives in ../shared, beside the repository)")
+        pytest.skip(
+            f"the paper's data folder {SHARED_EM} is absent (it lives in ../shared, beside the repository)"
+        )
     return SHARED_EM
 
 

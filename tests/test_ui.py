@@ -199,7 +199,13 @@ def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
     win.show()
     win.pages["start"].demo_button.click()
     qtbot.waitUntil(lambda: win.project is not None and len(win.project.list_datasets()) == 2, timeout=30000)
-    qtbot.waitUntil(lambda: win.project.list_models() != [], timeout=300000)
+
+    def imported() -> bool:
+        job = win.project.query_one("SELECT status, error FROM jobs WHERE kind = 'model-import'")
+        assert job is None or job["status"] not in ("failed", "cancelled"), job
+        return bool(job) and job["status"] == "succeeded"
+
+    qtbot.waitUntil(imported, timeout=300000)
     model = win.project.list_models()[0]
     assert model["name"] == "SmolLM2-135M-Instruct" and model["kind"] == "gguf"
     assert model["n_params"] == 134_515_008

@@ -9,6 +9,31 @@ from pathlib import Path
 from emgui.core.paths import resource
 
 
+class MainThreadGarbageCollector:
+    """Collect reference cycles on a timer in the GUI thread only. Left automatic, Python's collector runs
+    in whichever thread allocates, and a job's worker thread freeing a dead widget deadlocks against Qt."""
+
+    def __init__(self, interval_ms: int = 1000):
+        import gc
+
+        from PySide6.QtCore import QTimer
+
+        self.threshold = gc.get_threshold()
+        gc.disable()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.check)
+        self.timer.start(interval_ms)
+
+    def check(self) -> None:
+        import gc
+
+        counts = gc.get_count()
+        for generation in (2, 1, 0):  # the oldest generation due, as the automatic collector would pick
+            if counts[generation] > self.threshold[generation]:
+                gc.collect(generation)
+                return
+
+
 def make_app():
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
@@ -18,6 +43,8 @@ def make_app():
     app.setOrganizationName("emgui")
     app.setDesktopFileName("emgui")
     app.setWindowIcon(QIcon(str(resource("icons", "emgui.svg"))))
+    if not hasattr(app, "_emgui_gc"):
+        app._emgui_gc = MainThreadGarbageCollector()
     style = resource("style.qss")
     if style.exists():
         app.setStyleSheet(style.read_text())
