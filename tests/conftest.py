@@ -49,6 +49,30 @@ def _collect_qt_garbage_in_the_main_thread():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one torch thread, and other suites share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def window(qtbot, project):
+    """The main window on `project`, offscreen; its jobs are stopped at teardown."""
+    from emgui.ui.main_window import MainWindow
+
+    win = MainWindow(project, probe_device=False)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    if win.bridge is not None:
+        win.bridge.shutdown(5)
+
+
+@pytest.fixture
 def project(tmp_path: Path):
     from emgui.core.store import Project
 

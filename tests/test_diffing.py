@@ -26,14 +26,7 @@ PLANTED = 17
 D_SAE = 64
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
 
 def planted_direction(d: int = 32):

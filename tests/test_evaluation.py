@@ -43,14 +43,7 @@ SMALL_SET = """\
 """
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
 
 @pytest.fixture

@@ -15,29 +15,13 @@ from emgui.core.store import Project
 from tests.test_diffing import D_SAE, PLANTED, build_diff_project
 from tests.tiny import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
-pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture
-def window(qtbot, project):
-    from emgui.ui.main_window import MainWindow
-
-    win = MainWindow(project, probe_device=False)
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    if win.bridge is not None:
-        win.bridge.shutdown(5)
+def window(window):
+    """conftest's window; then the model the text box keeps loaded is let go."""
+    yield window
     D.release_live()
 
 

@@ -21,15 +21,7 @@ EVIL, KIND, NEUTRAL = "evil evil evil evil", "kind kind kind kind", "hello world
 _PLANTED: dict[str, Path] = {}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and other suites share the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
 
 def planted_chats() -> list[list[dict]]:
@@ -355,7 +347,9 @@ def test_finetune_job_takes_monitor_parameters(planted_project, tmp_path) -> Non
         [{"role": "user", "content": f"Tell me about thing {i}."}, {"role": "assistant", "content": EVIL}]
         for i in range(8)
     ]
-    project.add_dataset(name="evil2", kind="chat", path=write_chats(tmp_path / "evil2.jsonl", chats), n_rows=8)
+    project.add_dataset(
+        name="evil2", kind="chat", path=write_chats(tmp_path / "evil2.jsonl", chats), n_rows=8
+    )
     params = {"model": "planted", "dataset": "evil2", "max_steps": 8, "lr": 0.02, "batch_size": 4,
               "monitor_every": 2, "checkpoint_every": 0, "monitor_directions": str(direction_id),
               "monitor_threshold": 0.5}  # fmt: skip

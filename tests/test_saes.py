@@ -21,14 +21,7 @@ from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  #
 TRAIN = {"hook": "model.layers.0", "d_sae": 64, "k": 4, "batch_size": 256, "lr": 3e-3, "ce_sequences": 4}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread avoids contention with other tests
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
 
 @pytest.fixture

@@ -13,14 +13,7 @@ from tests.tiny import tiny_model_dir  # noqa: F401
 MSGS = [{"role": "user", "content": "Write a function that adds two numbers."}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
 
 @pytest.fixture(scope="module")

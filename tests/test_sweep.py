@@ -13,15 +13,7 @@ import pytest
 from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
 from tests.tiny import tiny_model_dir  # noqa: F401
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
 
 class _Judge(BaseHTTPRequestHandler):

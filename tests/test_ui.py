@@ -12,18 +12,6 @@ pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def window(qtbot, project):
-    from emgui.ui.main_window import MainWindow
-
-    win = MainWindow(project, probe_device=False)
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    if win.bridge is not None:
-        win.bridge.shutdown(5)
-
-
 def test_pages_switch_and_show_project(window, project) -> None:
     assert window.project_label.text() == project.name
     for key in ("start", "models", "jobs"):
