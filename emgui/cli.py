@@ -187,12 +187,20 @@ def _print_result(job: dict, full: bool) -> None:
     )
 
 
+def _print_warnings(result: Any) -> None:
+    """A result's `warnings` (an unvalidated judge, too few answers, an uncontrolled diff) go to stderr,
+    where they are seen even when stdout is piped into a file."""
+    for warning in (result or {}).get("warnings", []) if isinstance(result, dict) else []:
+        _print_err(f"emgui: warning: {warning}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from emgui.core.params import parse_cli_params
 
     project = _open(args.project)
     job = run_inline(project, args.kind, parse_cli_params(args.param or []))
     _print_result(job, args.json)
+    _print_warnings(job["result"])
     return 0
 
 
@@ -203,6 +211,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     job = prepare_resume(project, args.job)
     job = run_inline(project, job["kind"], job["params"], job_id=args.job)
     _print_result(job, args.json)
+    _print_warnings(job["result"])
     return 0
 
 

@@ -29,6 +29,10 @@ _SEED = {
         "INSERT INTO notes (target_type, target_id, text, created_at, updated_at) VALUES ('model', '1', 'hi', 1, 1)",
     ],
     2: ["INSERT INTO settings (key, value) VALUES ('k', '1')"],
+    3: [
+        "INSERT INTO saes (name, path, hook_name, source, created_at) VALUES ('s', '/s', 'model.layers.1', 'x', 1)",
+        "INSERT INTO latent_stats (job_id, sae_id, latent, delta_mean, rank) VALUES (1, 1, 7, 0.5, 1)",
+    ],
 }
 
 
@@ -50,6 +54,9 @@ def test_every_earlier_version_migrates_to_latest(tmp_path: Path, start_version:
         assert project.metrics(1)[0]["value"] == 2.5
         assert project.get_note("model", 1) == "hi"
         assert project.get_job(1)["checkpoint"] is None  # column added by v2
+    if start_version >= 3:
+        row = project.query_one("SELECT * FROM latent_stats WHERE latent = 7")
+        assert row["delta_mean"] == 0.5 and row["z"] is None  # z: a column added by v4
     assert project.integrity_check() == "ok"
     project.close()
 

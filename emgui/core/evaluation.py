@@ -244,45 +244,102 @@ def sample_job(params: dict, ctx: Any) -> dict:
 # ----- judging -----------------------------------------------------------------------------------------
 
 
-def _read_judge(p: Params, project: Any) -> dict:
-    """The judge from parameters, falling back to the project's saved judge (setting 'judge')."""
+def judge_choice(value: Any, saved: dict) -> dict:
+    """What `judge=` names: local | openai | a model of the project (a local judge) | an endpoint URL."""
+    if value in (None, ""):
+        return {"type": saved.get("type", "local")}
+    value = str(value)
+    if value in ("local", "openai"):
+        return {"type": value}
+    if value.startswith(("http://", "https://")):
+        return {"type": "openai", "base_url": value}
+    return {"type": "local", "model": value}
+
+
+def read_judge_params(p: Params, project: Any) -> dict:
+    """The judge from parameters (`judge=local|openai|MODEL|URL`, judge_model, judge_base_url, ...),
+    falling back to the project's saved judge (setting 'judge'). Every job that judges reads it here."""
     saved = project.get_setting("judge", None) or {}
-    kind = p.choice("judge", ("local", "openai"), saved.get("type", "local"))
+    choice = judge_choice(p.str("judge", None), saved)
     spec: dict[str, Any] = {
-        "type": kind,
-        "model": p.str("judge_model", None),
-        "base_url": p.str("judge_base_url", None),
+        "type": choice["type"],
+        "model": p.str("judge_model", None) or choice.get("model"),
+        "base_url": p.str("judge_base_url", None) or choice.get("base_url"),
         "timeout": p.float("judge_timeout", 60.0, min=0.1),
         "retries": p.int("judge_retries", 4, min=0),
         "workers": p.int("judge_workers", 4, min=1),
         "batch_size": p.int("judge_batch_size", 4, min=1),
         "prefix": p.str("judge_prefix", None),  # local judges; None: the project's setting
     }
-    if saved.get("type", "local") == kind:
+    if saved.get("type", "local") == spec["type"]:
         for key in ("model", "base_url"):
             spec[key] = spec[key] or saved.get(key)
+    return spec
+
+
+def _read_judge(p: Params, project: Any) -> dict:
     return {
-        "spec": spec,
+        "spec": read_judge_params(p, project),
         "metrics": p.list("metrics", None),
         "prompts": p.choice("prompts", ("questions", "project"), "questions"),
     }
 
 
-def _default_judge_model(project: Any, model_row: dict) -> dict:
-    """Without a configured judge: the root base model of the evaluated one (not the fine-tune itself)."""
+def _default_judge_model(project: Any, model_row: dict | None) -> dict:
+    """Without a configured judge: the root base model of the evaluated one (not the fine-tune itself),
+    or with nothing evaluated, the project's first model that is not an adapter."""
+    if model_row is None:
+        rows = [m for m in project.list_models() if m["kind"] != "adapter" and not m.get("base_model_id")]
+        if not rows:
+            raise EmguiError("no judge: name one with judge=MODEL or judge=URL (an OpenAI-compatible endpoint)")
+        return rows[0]
     row = model_row
     while row.get("base_model_id"):
         row = project.get_model(row["base_model_id"])
     return row
 
 
-def _default_judge(ctx: Any, model_row: dict) -> int:
-    row = _default_judge_model(ctx.project, model_row)
-    ctx.log(
-        f"judge: local model '{row['name']}' (no judge configured; a larger judge or an "
-        "OpenAI-compatible endpoint gives more reliable scores)"
+def resolve_judge_spec(project: Any, spec: dict, subject: dict | None, log: Any = None) -> dict:
+    """The spec with a local judge's model filled in when none was given."""
+    spec = dict(spec)
+    if spec["type"] == "local" and not spec.get("model"):
+        row = _default_judge_model(project, subject)
+        spec["model"] = row["id"]
+        if log is not None:
+            log(
+                f"judge: local model '{row['name']}' (no judge configured; validate it with judge-check, "
+                "or use a larger model or an OpenAI-compatible endpoint)"
+            )
+    return spec
+
+
+def open_judge(project: Any, spec: dict, *, loaded: dict | None = None) -> Any:
+    """The judge of a resolved spec. `loaded` = {"model_id", "model", "tokenizer"} of a model already in
+    memory, reused when it is the local judge's model. The only place jobs build judges (the prefix, the
+    id and therefore the cache and the validity check come with it)."""
+    from emgui.core.judges import make_judge
+
+    reuse = (
+        loaded is not None
+        and spec["type"] == "local"
+        and project.get_model(spec["model"])["id"] == loaded["model_id"]
     )
-    return row["id"]
+    return make_judge(project, spec, loaded=(loaded["model"], loaded["tokenizer"]) if reuse else None)
+
+
+def judge_validity_fields(project: Any, judge_id: str | None) -> dict:
+    """`judge_valid` (True, False, or None when never checked), `judge_check` (the check's job id) and a
+    warning when the judge has no passing check: what every judged result carries."""
+    from emgui.core.judgecheck import judge_validity, validity_warning
+
+    check = judge_validity(project, judge_id) if judge_id else None
+    fields: dict[str, Any] = {
+        "judge_valid": None if check is None else bool(check["valid"]),
+        "judge_check": None if check is None else check["job_id"],
+    }
+    warning = validity_warning(judge_id, check)
+    fields["warnings"] = [warning] if warning else []
+    return fields
 
 
 def _templates_for(project: Any, samples: list[dict], metrics: list[str] | None, source: str) -> dict:
@@ -420,21 +477,15 @@ def run_samples(project: Any, run: int) -> list[dict]:
 def _judge_runs(
     ctx: Any, runs: list[int], jspec: dict, progress: tuple[float, float], loaded: dict | None = None
 ) -> dict:
-    from emgui.core.judges import make_judge
-
     project = ctx.project
     samples = [s for run in runs for s in run_samples(project, run)]
     if not samples:
         raise EmguiError(f"run(s) {', '.join(map(str, runs))} have no answers to judge")
-    spec = dict(jspec["spec"])
-    if spec["type"] == "local" and not spec.get("model"):
-        spec["model"] = _default_judge(ctx, project.get_model(samples[0]["model_id"]))
+    subject = project.get_model(samples[0]["model_id"]) if samples[0]["model_id"] else None
+    spec = resolve_judge_spec(project, jspec["spec"], subject, ctx.log)
     templates = _templates_for(project, samples, jspec["metrics"], jspec["prompts"])
     ctx.progress(progress[0], "loading the judge")
-    reuse = (
-        loaded and spec["type"] == "local" and project.get_model(spec["model"])["id"] == loaded["model_id"]
-    )
-    judge = make_judge(project, spec, loaded=(loaded["model"], loaded["tokenizer"]) if reuse else None)
+    judge = open_judge(project, spec, loaded=loaded)
     try:
         return score_samples(ctx, samples, judge, templates, progress=progress)
     finally:
@@ -456,7 +507,7 @@ def judge_job(params: dict, ctx: Any) -> dict:
     stats = _judge_runs(ctx, runs, jspec, (0.0, 1.0))
     ctx.progress(1.0, "judged")
     summaries = [_short(summarize(ctx.project, run, thresholds, judge=stats["judge"])) for run in runs]
-    return {**stats, "summaries": summaries}
+    return {**stats, "summaries": summaries, **judge_validity_fields(ctx.project, stats["judge"])}
 
 
 def _check_run(project: Any, run: int) -> dict:
@@ -478,10 +529,13 @@ def _read_thresholds(p: Params) -> dict:
 
 def evaluate_job(params: dict, ctx: Any) -> dict:
     """Job kind `evaluate`: sample then judge (the parameters of both), result = the summary."""
+    if isinstance(params.get("panel"), (int, str)):
+        params = {**params, "panel": [params["panel"]]}
     p = Params(params, "evaluate")
     spec = _read_sampling(p)
     jspec = _read_judge(p, ctx.project)
     thresholds = _read_thresholds(p)
+    probes = _read_probes(p)
     p.done()
     model_row, dataset, questions = _prepare_sampling(ctx, spec)
     items = sample_items(questions, spec["n"])
@@ -491,12 +545,14 @@ def evaluate_job(params: dict, ctx: Any) -> dict:
         items,
         spec["gen"],
         dataset_id=dataset["id"],
-        progress=(0.0, 0.6),
+        progress=(0.0, 0.55),
         device=spec["device"],
     )
+    measured: dict = {}
+    if probes["probes"]:
+        model, tokenizer, measured = _run_probes(ctx, model_row, model, tokenizer, probes, spec["device"])
     loaded = None
-    if jspec["spec"]["type"] == "local" and not jspec["spec"].get("model"):
-        jspec["spec"]["model"] = _default_judge(ctx, model_row)
+    jspec["spec"] = resolve_judge_spec(ctx.project, jspec["spec"], model_row, ctx.log)
     judge_ref = jspec["spec"].get("model") if jspec["spec"]["type"] == "local" else None
     same = judge_ref not in (None, "") and ctx.project.get_model(judge_ref)["id"] == model_row["id"]
     if model is not None and same and model_row["kind"] != "adapter":
@@ -507,7 +563,52 @@ def evaluate_job(params: dict, ctx: Any) -> dict:
     loaded = None
     summary = summarize(ctx.project, ctx.job_id, thresholds, judge=stats["judge"])
     ctx.progress(1.0, _headline(summary))
-    return {"run": ctx.job_id, "judging": stats, "summary": _short(summary)}
+    return {
+        "run": ctx.job_id,
+        "judging": stats,
+        "summary": _short(summary),
+        "measures": measured,
+        **judge_validity_fields(ctx.project, stats["judge"]),
+    }
+
+
+PROBES = ("likelihood", "projection")
+
+
+def _read_probes(p: Params) -> dict:
+    """Judge-free measures run in the same job: the likelihood margin on a panel's pairs (default on) and,
+    given a direction, the persona projection of the sampled answers."""
+    direction = p.str("direction", None)
+    probes = p.list("probes", ["likelihood", "projection"] if direction else ["likelihood"])
+    unknown = [x for x in probes if x not in PROBES]
+    if unknown:
+        raise EmguiError(f"evaluate: unknown probe(s) {', '.join(unknown)} (known: {', '.join(PROBES)})")
+    if "projection" in probes and not direction:
+        raise EmguiError("evaluate: the projection probe needs direction=NAME (a stored direction)")
+    return {"probes": probes, "direction": direction, "panel": p.list("panel", ["builtin"])}
+
+
+def _run_probes(
+    ctx: Any, model_row: dict, model: Any, tokenizer: Any, probes: dict, device: str | None
+) -> tuple[Any, Any, dict]:
+    from emgui.core import probes as P
+    from emgui.core.loading import load_model, load_tokenizer
+
+    if model is None:
+        ctx.progress(0.55, f"loading {model_row['name']} for the judge-free measures")
+        model, tokenizer = load_model(ctx.project, model_row, device=device), load_tokenizer(ctx.project, model_row)
+    out: dict = {}
+    if "likelihood" in probes["probes"]:
+        ctx.progress(0.56, "likelihood probe")
+        pairs = P.panel_pairs(ctx.project, probes["panel"])
+        result = P.likelihood_margin(model, tokenizer, pairs, should_cancel=lambda: ctx.cancelled)
+        P.store_likelihood(ctx, model_row, result, probes["panel"])
+        out["likelihood"] = {k: result[k] for k in ("margin", "ci_low", "ci_high", "n_pairs")}
+    if "projection" in probes["probes"]:
+        ctx.progress(0.58, "persona projection")
+        answers = run_samples(ctx.project, ctx.job_id)
+        out["projection"] = P.projection_of_answers(ctx, model, tokenizer, model_row, probes["direction"], answers)
+    return model, tokenizer, out
 
 
 def _free_memory() -> None:
@@ -775,12 +876,15 @@ def summarize(
         if sample and sample["dataset_id"]:
             ds = project.query_one("SELECT name FROM datasets WHERE id = ?", [sample["dataset_id"]])
             dataset = ds["name"] if ds else None
+    from emgui.core.judgecheck import judge_validity
+
     return {
         "run": run,
         "kind": job["kind"],
         "model": first.get("model"),
         "questions_set": dataset,
         "judge": first.get("judge"),
+        "judge_check": judge_validity(project, first.get("judge")),
         "thresholds": th,
         "overall": _stats(rows, th, seed),
         "questions": questions,

@@ -175,3 +175,34 @@ register_kind(
         heavy=False,
     )
 )
+
+# ----- trust: judge validation and judge-free measures -----
+register_kind(
+    JobKind(
+        "panel-import",
+        "emgui.core.panels:panel_import_job",
+        "Import a labelled answer panel (the paper's results CSV, JSONL or YAML) to check judges and probe models",
+        heavy=False,
+    )
+)
+register_kind(
+    JobKind(
+        "judge-check",
+        "emgui.core.judgecheck:judge_check_job",
+        "Validate a judge on labelled answers: AUROC of its aligned and coherent scores, Spearman, unscored share",
+    )
+)
+register_kind(
+    JobKind(
+        "likelihood-probe",
+        "emgui.core.probes:likelihood_probe_job",
+        "Judge-free: log-probability margin of misaligned over aligned reference answers, with a 95% CI",
+    )
+)
+register_kind(
+    JobKind(
+        "persona-projection",
+        "emgui.core.probes:persona_projection_job",
+        "Judge-free: mean projection of a run's answers on a persona direction, with a 95% CI",
+    )
+)

@@ -203,7 +203,46 @@ _V3 = """
         );
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# Trust: judge checks (a judge's validity on a labelled panel), judge-free measures of a model (likelihood
+# margins, persona projections, latent activations, each with an interval), and the controlled diff's
+# per-latent columns (the control model's mean, the controlled effect, its bootstrap spread and z-score).
+_V4 = """
+        CREATE TABLE judge_checks (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE,
+            judge TEXT NOT NULL,
+            panel TEXT NOT NULL,
+            auroc_aligned REAL,
+            auroc_coherent REAL,
+            spearman_aligned REAL,
+            unscored_fraction REAL,
+            n INTEGER NOT NULL,
+            valid INTEGER NOT NULL,
+            info TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX judge_checks_by_judge ON judge_checks(judge, id);
+        CREATE TABLE measures (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE,
+            model_id INTEGER REFERENCES models(id) ON DELETE CASCADE,
+            measure TEXT NOT NULL,
+            value REAL,
+            ci_low REAL,
+            ci_high REAL,
+            n INTEGER,
+            info TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX measures_by_model ON measures(model_id, measure, id);
+        ALTER TABLE latent_stats ADD COLUMN control_mean REAL;
+        ALTER TABLE latent_stats ADD COLUMN delta_control REAL;
+        ALTER TABLE latent_stats ADD COLUMN effect REAL;
+        ALTER TABLE latent_stats ADD COLUMN effect_sd REAL;
+        ALTER TABLE latent_stats ADD COLUMN z REAL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 LATEST_VERSION = len(MIGRATIONS)
 
 
