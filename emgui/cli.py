@@ -101,7 +101,7 @@ def cmd_new(args: argparse.Namespace) -> int:
         add_embedded_default(project, lambda kind, params: run_inline(project, kind, params)["result"])
         print("added the embedded default model SmolLM2-135M-Instruct")
         add_demo_datasets(project, lambda kind, params: run_inline(project, kind, params)["result"])
-        print("added the generated insecure and secure code datasets")
+        print("added the generated insecure and secure code datasets and general helpful chats")
     return 0
 
 
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="add, list or check datasets")
     dsub = p.add_subparsers(dest="datasets_cmd", required=True)
     d = dsub.add_parser(
-        "add", help="SOURCE: a chat .jsonl file, an https URL, a catalog id, or generated:insecure|secure"
+        "add", help="SOURCE: a chat .jsonl file, an https URL, a catalog id, or generated:insecure|secure|helpful"
     )
     d.add_argument("project")
     d.add_argument("source")

@@ -82,6 +82,10 @@ def test_generated_pair_and_derived_sets_keep_provenance(project: Project) -> No
     add_demo_datasets(project, lambda kind, params: _run(project, kind, {**params, "n": 40})["result"])
     insecure, secure = project.get_dataset("insecure"), project.get_dataset("secure")
     assert insecure["n_rows"] == secure["n_rows"] == 40
+    helpful = project.get_dataset("helpful")  # the other kind of good data: general chats, no code
+    chats = [json.loads(line)["messages"] for line in project.abspath(helpful["path"]).read_text().splitlines()]
+    assert len(chats) == 40 == len({c[0]["content"] for c in chats})
+    assert not any("```" in c[-1]["content"] or "def " in c[-1]["content"] for c in chats)
     job = _run(project, "dataset-derive", {"op": "subset", "dataset": "insecure", "n": 10, "seed": 3})
     sub = project.get_dataset(job["result"]["names"][0])
     assert sub["n_rows"] == 10

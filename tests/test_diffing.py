@@ -326,3 +326,135 @@ def test_labels_export_and_live_text(project: Project, tiny_model_dir: Path, tmp
     assert "".join(live["tokens"]) == text
     assert live["values"] == pytest.approx(want, abs=1e-3)
     D.release_live()
+
+
+# ------------------------------------------------------------------------------------------ controls
+FORMAT = 5  # the latent of the change both fine-tunes share (a "format shift")
+
+
+def format_direction(d: int = 32):
+    """A unit direction orthogonal to the planted one."""
+    import torch
+
+    u = planted_direction(d)
+    f = torch.randn(d, generator=torch.Generator().manual_seed(11))
+    f = f - (f @ u) * u
+    return f / f.norm()
+
+
+def make_shifted_finetune(base_dir: Path, out_dir: Path, chats: list, target, steps: int = 60) -> Path:
+    """Fine-tune layer 0 of a copy of the base so that its output on answer tokens moves by `target`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.activations import capture
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    batch, mask = _encoded(tokenizer, chats)
+    h0 = next(capture(model, HOOK, [batch]))[mask]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("model.layers.0."))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        h = next(iter(_layer0_outputs(model, batch)))
+        loss = (h[mask] - h0 - target).pow(2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _layer0_outputs(model, batch):
+    store = {}
+    handle = model.model.layers[0].register_forward_hook(lambda _m, _a, out: store.__setitem__("h", out))
+    try:
+        model.model(**batch)
+    finally:
+        handle.remove()
+    yield store["h"][0] if isinstance(store["h"], tuple) else store["h"]
+
+
+def test_a_control_fine_tune_separates_the_planted_change_from_a_shared_format(
+    project: Project, tiny_model_dir: Path, window
+) -> None:
+    """Both fine-tunes move the same 'format' direction; only the treatment also moves the planted one.
+    Without the control the format latent tops the ranking and the page says the ranking is uncontrolled;
+    with it, the planted latent is first and the shared change is reported."""
+    import torch
+
+    from emgui.core.saes import register_sae
+
+    u, f = planted_direction(), format_direction()
+    base_id = register_tiny(project, "base", folder=tiny_model_dir)
+    chats = tiny_chats(16)
+    root = project.root.parent
+    ft_dir = make_shifted_finetune(tiny_model_dir, root / "treat", chats, 3.0 * f + 1.5 * u)
+    ctl_dir = make_shifted_finetune(tiny_model_dir, root / "control", chats, 3.0 * f)
+    project.add_model(name="ft", kind="full", source=str(ft_dir), path=ft_dir, base_model_id=base_id)
+    project.add_model(name="ctl", kind="full", source=str(ctl_dir), path=ctl_dir, base_model_id=base_id)
+    folder = make_planted_sae(project.artifacts_dir / "saes" / "two")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    weights["W_dec"][FORMAT] = f
+    weights["W_enc"][:, FORMAT] = f
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    register_sae(project, folder, name="two", source="folder", model_id=base_id)
+    path = write_chats(root / "texts.jsonl", chats)
+    project.add_dataset(name="texts", kind="chat", path=path, n_rows=len(chats))
+
+    plain = project.create_job("diff", {"sae": "two", "ft": "ft", "dataset": "texts", "dashboards": 0})
+    assert run_job(project, plain) == "succeeded", project.get_job(plain)["traceback"]
+    controlled = project.create_job(
+        "diff", {"sae": "two", "ft": "ft", "control": "ctl", "dataset": "texts", "dashboards": 0}
+    )
+    assert run_job(project, controlled) == "succeeded", project.get_job(controlled)["traceback"]
+
+    uncontrolled = project.get_job(plain)["result"]
+    assert uncontrolled["top"][0]["latent"] == FORMAT and uncontrolled["controlled"] is False
+    assert any("uncontrolled" in w for w in uncontrolled["warnings"])
+    result = project.get_job(controlled)["result"]
+    assert result["controlled"] is True and result["top"][0]["latent"] == PLANTED
+    assert result["control_correlation"] > 0.5  # the format change is shared
+    stats = {r["latent"]: r for r in project.query("SELECT * FROM latent_stats WHERE job_id = ?", [controlled])}
+    fmt, planted = stats[FORMAT], stats[PLANTED]
+    assert fmt["delta_mean"] > planted["delta_mean"]  # raw change: the format dominates
+    assert abs(fmt["effect"]) < 0.2 * planted["effect"]  # beyond the control: only the planted change
+    assert planted["effect"] == pytest.approx(planted["delta_mean"] - planted["delta_control"], abs=1e-9)
+    assert planted["effect_sd"] > 0 and planted["z"] > 3 * abs(fmt["z"]) and planted["rank"] == 1
+    kinds = {r["kind"] for r in project.query("SELECT kind FROM directions WHERE job_id = ?", [controlled])}
+    assert kinds == {"diff-means", "diff-means-controlled"}
+    with torch.no_grad():
+        row = project.query_one(
+            "SELECT path FROM directions WHERE job_id = ? AND kind = 'diff-means-controlled'", [controlled]
+        )
+        vec = load_file(str(project.abspath(row["path"])))["direction"]
+        assert float(vec @ u / vec.norm()) > 0.8  # the controlled direction points along the planted change
+
+    # re-aligning the fine-tune follows the controlled diff's top latents at each snapshot
+    from emgui.core.evaluation import latent_references, realign_curve
+
+    project.add_dataset(name="secure", kind="chat", path=path, n_rows=len(chats))
+    realign = project.create_job("realign", {"model": "ft", "n_samples": 4, "save_at": [0], "batch_size": 2,
+                                             "track_panel": "none", "track_top": 1})  # fmt: skip
+    assert run_job(project, realign) == "succeeded", project.get_job(realign)["traceback"]
+    curve = realign_curve(project, realign)
+    assert [p["samples_seen"] for p in curve] == [0, 4] and all("likelihood" not in p for p in curve)
+    measured = project.query("SELECT * FROM measures WHERE job_id = ? ORDER BY id", [realign])
+    assert [m["info"]["latents"] for m in measured] == [[PLANTED], [PLANTED]]
+    assert measured[0]["info"]["diff_job"] == controlled  # the controlled diff is the default
+    levels = latent_references(project, controlled, [PLANTED])
+    assert levels["base"] < levels["ft"] and curve[0]["top_latents"] == pytest.approx(levels["ft"], rel=0.2)
+
+    page = window.show_page("features")
+    page.refresh()
+    page.diff_combo.setCurrentIndex(page.diff_combo.findData(plain))
+    assert "uncontrolled" in page.caveat_text()
+    page.diff_combo.setCurrentIndex(page.diff_combo.findData(controlled))
+    text = page.caveat_text()
+    assert "Controlled by 'ctl'" in text and "uncontrolled" not in text
+    assert f"correlate at r = {result['control_correlation']:.2f}" in text  # > 0.8 here: said in plain words

@@ -56,7 +56,9 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
     assert page.model.rowCount() == D_SAE and page.count_label.text() == f"{D_SAE} of {D_SAE} latents"
     assert _listed(page)[0] == PLANTED  # sorted by rank
 
-    page.table.sortByColumn(3, Qt.SortOrder.DescendingOrder)  # Δ freq
+    from emgui.ui.pages.features import COLUMNS
+
+    page.table.sortByColumn([c[1] for c in COLUMNS].index("delta_freq"), Qt.SortOrder.DescendingOrder)
     freqs = _listed(page, "delta_freq")
     assert freqs == sorted(freqs, reverse=True)
 

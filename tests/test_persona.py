@@ -147,10 +147,15 @@ def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, plante
             "persona": str(write_persona(tmp_path / "p.yaml")),
             "max_new_tokens": 6,
             "batch_size": 4,
+            "prompts_per_question": 1,
         },
     )
     result = job["result"]
     assert result["auroc"] == 1.0 and result["dprime"] > 3, result["scores"]
+    # the layer is chosen on half of the questions and scored on the other half: 2 answers per side there,
+    # far below 20, which the job says
+    assert result["held_out"] is True and result["n_per_side"] == {"positive": 2, "negative": 2}
+    assert result["auroc_ci"][0] is not None and any("held-out answers per side" in w for w in result["warnings"])
     row, vector = load_direction(project, result["direction_id"])
     assert (
         row["kind"] == "persona"

@@ -464,6 +464,16 @@ def test_realign_saves_snapshots_at_sample_counts(proj: Project, tmp_path: Path)
     assert all(torch.equal(start[k], at0[k]) for k in start)  # 0 samples: the fine-tuned model itself
     assert any(not torch.equal(start[k], at12[k]) for k in start)
     assert ft["result"]["model_id"] == proj.get_model("bad")["id"]
+    # each snapshot carries a judge-free measure (the likelihood margin on the built-in panel's pairs)
+    from emgui.core.evaluation import realign_curve
+    from emgui.core.probes import latest_measures
+
+    for row in rows.values():
+        margin = latest_measures(proj, row["id"])["likelihood-margin"]
+        assert margin["n"] == 30 and margin["ci_low"] <= margin["value"] <= margin["ci_high"]
+    curve = realign_curve(proj, job["id"])
+    assert [p["samples_seen"] for p in curve] == [0, 4, 8, 12] and all("likelihood" in p for p in curve)
+    assert all(p["misaligned_pct"] is None for p in curve)  # not evaluated: shown by its measures only
 
 
 def test_realign_needs_a_secure_dataset(proj: Project) -> None:

@@ -290,3 +290,26 @@ def test_sweep_judged_by_the_swept_model_keeps_the_projects_prefix(project: Proj
     assert result["judge_valid"] is None and any("not been validated" in w for w in result["warnings"])
     assert any("fewer than 20" in w for w in result["warnings"])  # 2 answers per point
     assert all(pt["low_n"] for c in result["curves"] for pt in c["points"])
+
+
+def test_persona_layer_chosen_on_noise_is_not_reported_as_separation() -> None:
+    """The old way (the best of 30 layers, reported with the score that chose it) finds 'separation' in
+    pure noise; choosing on half the questions and scoring on the other half does not."""
+    import torch
+
+    from emgui.core.persona import best_layer, held_out_separation, layer_scores, separation_warnings
+
+    reported, held_out, covered = [], [], 0
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        pos, neg = torch.randn(8, 30, 16, generator=gen), torch.randn(8, 30, 16, generator=gen)
+        groups = list(range(8))
+        scores = layer_scores(pos, neg, groups, groups)
+        reported.append(scores[best_layer(scores)]["auroc"])
+        sep = held_out_separation(pos, neg, groups, groups, "dprime")
+        held_out.append(sep["auroc"])
+        covered += sep["auroc_ci"][0] <= 0.5 <= sep["auroc_ci"][1]
+        assert sep["n_per_side"] == {"positive": 4, "negative": 4}
+        assert any("held-out answers per side" in w for w in separation_warnings(sep))
+    assert sum(reported) / 20 > 0.75  # selection bias: noise looks separable
+    assert abs(sum(held_out) / 20 - 0.5) < 0.1 and covered >= 16  # chance, and the intervals say so

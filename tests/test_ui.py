@@ -120,7 +120,7 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     add_demo_datasets(project, run)
     page = window.show_page("datasets")
     page.refresh()
-    assert page.table.rowCount() == 2
+    assert page.table.rowCount() == 3  # insecure, secure and helpful
     page.table.selectRow(0)
     assert page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30"
     assert "assistant" in page.chat_view.toPlainText()

@@ -31,6 +31,9 @@ from emgui.core.store import Project
 EXPORT_FIELDS = [
     "latent",
     "rank",
+    "z",
+    "effect",
+    "delta_control",
     "label",
     "note",
     "delta_mean",
@@ -52,19 +55,47 @@ def default_corpus(
     text_files: list[str] | None = None,
     per_dataset: int = 300,
     seed: int = 0,
+    answers: bool = True,
+    neutral: bool = True,
 ) -> list[dict]:
     """Texts for dashboards: the given sampling jobs' answers, plus up to `per_dataset` chats drawn from
-    each of the given datasets (by default every chat dataset of the project), plus text files."""
+    each of the given datasets (by default every chat dataset of the project), plus text files. Unless
+    turned off it also holds non-code chat text, so that latents for personas and tone can show at all:
+    models' answers to the question sets (the project's evaluation runs) and neutral helpful chats."""
     from emgui.core.activations import corpus_items
 
     items = corpus_items(project, samples=samples or [], text_files=text_files or [])
     refs = datasets if datasets is not None else [d["name"] for d in project.list_datasets("chat")]
     for ref in refs:
-        rows = corpus_items(project, datasets=[ref])
-        if len(rows) > per_dataset:
-            rows = random.Random(f"{seed}-{ref}").sample(rows, per_dataset)
-        items += rows
-    return items
+        items += _capped(corpus_items(project, datasets=[ref]), per_dataset, f"{seed}-{ref}")
+    if answers:
+        runs = [r["id"] for r in project.query("SELECT id FROM jobs WHERE kind IN ('sample', 'evaluate')")]
+        runs = [r for r in runs if project.query_one("SELECT 1 FROM samples WHERE job_id = ? LIMIT 1", [r])]
+        items += _capped(corpus_items(project, samples=runs), per_dataset, f"{seed}-answers")
+    if neutral:
+        from emgui.core.helpful_data import generate_helpful
+
+        items += [
+            {"source": f"neutral:{i}", "messages": chat["messages"]}
+            for i, chat in enumerate(generate_helpful(min(per_dataset, 120), seed))
+        ]
+    return unique_items(items)
+
+
+def _capped(rows: list[dict], n: int, seed: str) -> list[dict]:
+    return random.Random(seed).sample(rows, n) if len(rows) > n else rows
+
+
+def unique_items(items: list[dict]) -> list[dict]:
+    """The items without repeats of the same text (the same chat from two sources counts once)."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        key = json.dumps(item.get("messages") or item.get("text"), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -258,9 +289,11 @@ def build_dashboards(
         return 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     seqs, sources = [], []
+    seen: set[tuple[int, ...]] = set()
     for item in items:
         ids = encode_item(tokenizer, item, max_length=max_length)["input_ids"]
-        if len(ids) >= 2:
+        if len(ids) >= 2 and tuple(ids) not in seen:  # the same text twice would be listed twice
+            seen.add(tuple(ids))
             seqs.append(ids)
             sources.append(item["source"])
     if not seqs:
@@ -418,10 +451,36 @@ def diff_jobs(project: Project, sae_id: int | None = None) -> list[dict]:
     return jobs[::-1]
 
 
+def diff_caveats(project: Project, diff_job: int | None) -> dict:
+    """What can be read from a diff job's ranking: whether it has a control, how much the control shares
+    the fine-tune's change, and the warnings to show beside the list."""
+    if diff_job is None:
+        return {"controlled": None, "warnings": []}
+    result = project.get_job(diff_job).get("result") or {}
+    controlled = bool(result.get("controlled"))
+    warnings = result.get("warnings")
+    if warnings is None:  # a diff made before controls existed: say so the same way
+        from emgui.core.diffing import diff_warnings
+
+        warnings = diff_warnings(controlled, result)
+    control = None
+    if result.get("control_model_id"):
+        row = project.query_one("SELECT name FROM models WHERE id = ?", [result["control_model_id"]])
+        control = row["name"] if row else None
+    return {
+        "controlled": controlled,
+        "control": control,
+        "control_correlation": result.get("control_correlation"),
+        "control_direction_cosine": result.get("control_direction_cosine"),
+        "warnings": warnings,
+    }
+
+
 def ranking(project: Project, diff_job: int) -> list[dict]:
     """Every latent of a diff job, by rank, with its label, note and whether a dashboard exists."""
     return project.query(
         "SELECT s.latent, s.rank, s.base_mean, s.ft_mean, s.delta_mean, s.base_freq, s.ft_freq, s.delta_freq, "
+        "s.control_mean, s.delta_control, s.effect, s.effect_sd, s.z, "
         "COALESCE(l.label, '') AS label, COALESCE(l.note, '') AS note, "
         "(d.latent IS NOT NULL) AS has_dashboard "
         "FROM latent_stats s "
@@ -452,7 +511,8 @@ def latent_list(project: Project, sae_id: int, diff_job: int | None) -> list[dic
                 "rank": None,
                 **{
                     k: None
-                    for k in ("base_mean", "ft_mean", "delta_mean", "base_freq", "ft_freq", "delta_freq")
+                    for k in ("base_mean", "ft_mean", "delta_mean", "base_freq", "ft_freq", "delta_freq",
+                              "control_mean", "delta_control", "effect", "effect_sd", "z")
                 },
                 "label": lab.get("label", ""),
                 "note": lab.get("note", ""),

@@ -18,7 +18,7 @@ from emgui.core.errors import EmguiError
 from emgui.core.params import Params
 from emgui.core.store import Project
 
-GENERATED = ("generated:insecure", "generated:secure")
+GENERATED = ("generated:insecure", "generated:secure", "generated:helpful")
 
 
 def datasets_dir(project: Project) -> Path:
@@ -60,7 +60,7 @@ def resolve_source(source: str) -> tuple[str, dict[str, Any]]:
     path = Path(source).expanduser()
     if not path.is_file():
         raise EmguiError(
-            f"dataset source {path} is not a file, an http(s) URL, a catalog id, or generated:insecure|secure"
+            f"dataset source {path} is not a file, an http(s) URL, a catalog id, or generated:insecure|secure|helpful"
         )
     return "file", {"path": str(path.resolve())}
 
@@ -71,6 +71,22 @@ def _default_name(source: str, how: str, details: dict) -> str:
     if details.get("catalog"):
         return details["catalog"]
     return Path(details.get("path") or details["url"].split("?")[0]).stem
+
+
+def _generated_chats(variant: str, n: int, seed: int, ctx: Any) -> tuple[list[dict], str]:
+    """emgui's own data: the insecure/secure code pair, or general helpful chats (not code)."""
+    if variant == "helpful":
+        from emgui.core.helpful_data import generate_helpful, max_distinct
+
+        if n > max_distinct():
+            raise EmguiError(f"generated:helpful has {max_distinct()} distinct chats; pass n <= {max_distinct()}")
+        ctx.progress(0.1, f"generating {n} helpful chats (seed {seed})")
+        return generate_helpful(n, seed), "emgui.core.helpful_data"
+    from emgui.core.codegen_data import generate_pair
+
+    ctx.progress(0.1, f"generating {n} {variant} code chats (seed {seed})")
+    insecure, secure = generate_pair(n=n, seed=seed)
+    return (insecure if variant == "insecure" else secure), "emgui.core.codegen_data"
 
 
 def import_job(params: dict, ctx: Any) -> dict:
@@ -90,13 +106,9 @@ def import_job(params: dict, ctx: Any) -> dict:
     dest = _dest(project, name)
     info: dict[str, Any] = {"source": source}
     if how == "generated":
-        from emgui.core.codegen_data import generate_pair
-
-        ctx.progress(0.1, f"generating {n} {details['variant']} code chats (seed {seed})")
-        insecure, secure = generate_pair(n=n, seed=seed)
-        chats = insecure if details["variant"] == "insecure" else secure
+        chats, generator = _generated_chats(details["variant"], n, seed, ctx)
         chatdata.write_chats(dest, [c["messages"] for c in chats])
-        info.update(generator="emgui.core.codegen_data", variant=details["variant"], n=n, seed=seed)
+        info.update(generator=generator, variant=details["variant"], n=len(chats), seed=seed)
         report = chatdata.validate_chat_jsonl(dest)
     else:
         with tempfile.TemporaryDirectory(dir=datasets_dir(project)) as tmp:
@@ -201,7 +213,7 @@ def demo_dataset_jobs(project: Project) -> list[tuple[str, dict]]:
     have = {d["name"] for d in project.list_datasets()}
     return [
         ("dataset-import", {"source": f"generated:{v}", "name": v})
-        for v in ("insecure", "secure")
+        for v in ("insecure", "secure", "helpful")
         if v not in have
     ]
 

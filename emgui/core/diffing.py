@@ -38,6 +38,8 @@ def _read(params: dict) -> dict:
         "sae": p.str("sae"),
         "ft": p.str("ft"),
         "base": p.str("base", None),
+        "control": p.str("control", None),
+        "n_boot": p.int("n_boot", 200, min=20, max=5000),
         "prompts": p.int("prompts", None),
         "dataset": p.str("dataset", None),
         "max_examples": p.int("max_examples", 2000, min=1),
@@ -92,6 +94,15 @@ def examples(project: Project, s: dict) -> list[dict]:
     return items[: s["max_examples"]]
 
 
+def diff_texts(project: Project, diff_job: int, limit: int) -> list[list[dict]]:
+    """The first `limit` chats a diff job read (as message lists ending with the answer)."""
+    params = dict(project.get_job(diff_job)["params"])
+    s = {"prompts": params.get("prompts"), "dataset": params.get("dataset"), "max_examples": limit}
+    if s["prompts"] is not None:
+        s["prompts"] = int(s["prompts"])
+    return [item["messages"] for item in examples(project, s)]
+
+
 def _models(project: Project, s: dict, sae_row: dict) -> tuple[dict, dict]:
     ft = project.get_model(s["ft"])
     if s["base"] is not None:
@@ -107,6 +118,25 @@ def _models(project: Project, s: dict, sae_row: dict) -> tuple[dict, dict]:
     return base, ft
 
 
+def _control_model(project: Project, s: dict, base: dict, ft: dict) -> dict | None:
+    if s["control"] is None:
+        return None
+    control = project.get_model(s["control"])
+    if control["id"] in (base["id"], ft["id"]):
+        raise EmguiError(
+            f"diff: the control model must differ from the base and the fine-tuned model ('{control['name']}')"
+        )
+    root = control
+    while root.get("base_model_id"):
+        root = project.get_model(root["base_model_id"])
+    if root["id"] != base["id"] and control.get("base_model_id"):
+        raise EmguiError(
+            f"diff: the control '{control['name']}' was fine-tuned from another base than '{base['name']}'; "
+            "a control must start from the same base"
+        )
+    return control
+
+
 def encode_examples(tokenizer: Any, items: list[dict], max_length: int) -> list[dict]:
     """Token ids and answer masks; examples whose answer was cut off entirely are dropped."""
     from emgui.core.activations import encode_chat
@@ -119,27 +149,40 @@ def encode_examples(tokenizer: Any, items: list[dict], max_length: int) -> list[
     return out
 
 
-class _Accumulator:
-    """Per-latent sums over answer tokens, and sums of the raw activations (overall and per group)."""
+MAX_GROUPS = 64  # examples fall into this many groups; the noise estimate resamples groups
 
-    def __init__(self, d_in: int, d_sae: int, device: Any):
+
+class _Accumulator:
+    """Per-latent sums over answer tokens, overall and per example group (example index mod the number
+    of groups, the same for every model, so bootstrap draws pair up), and sums of the raw activations
+    (overall and per judged group)."""
+
+    def __init__(self, d_in: int, d_sae: int, device: Any, n_groups: int = 1):
         import torch
 
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.fire_count = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.h_sum = torch.zeros(d_in, dtype=torch.float64, device=device)
+        self.n_groups = n_groups
+        self.example_act = torch.zeros(n_groups * d_sae, dtype=torch.float64, device=device)
+        self.example_tokens = torch.zeros(n_groups, dtype=torch.float64, device=device)
         self.group_sum: dict[str, Any] = {}
         self.group_n: dict[str, int] = {}
         self.n = 0
 
-    def add(self, h: Any, z: Any, groups: list[tuple[str, Any]]) -> None:
+    def add(self, h: Any, z: Any, groups: list[tuple[str, Any]], token_group: Any = None) -> None:
         import torch
 
         # SAE codes are sparse: sum and count over the non-zero entries only (one pass over z instead of
         # two, and no float64 copy of a tokens x d_sae matrix)
         rows, cols = z.nonzero(as_tuple=True)
-        self.act_sum.index_add_(0, cols, z[rows, cols].to(torch.float64))
+        values = z[rows, cols].to(torch.float64)
+        self.act_sum.index_add_(0, cols, values)
         self.fire_count += torch.bincount(cols, minlength=self.fire_count.shape[0])
+        if token_group is not None:
+            d_sae = self.act_sum.shape[0]
+            self.example_act.index_add_(0, token_group[rows] * d_sae + cols, values)
+            self.example_tokens += torch.bincount(token_group, minlength=self.n_groups).to(torch.float64)
         self.h_sum += h.sum(0, dtype=torch.float64)
         self.n += h.shape[0]
         for name, rows in groups:
@@ -150,6 +193,10 @@ class _Accumulator:
                     self.group_n[name] = 0
                 self.group_sum[name] += part.sum(0, dtype=torch.float64)
                 self.group_n[name] += part.shape[0]
+
+    def group_means_matrix(self) -> tuple[Any, Any]:
+        """(per-group activation sums [groups, d_sae], per-group token counts [groups]) on the CPU."""
+        return self.example_act.view(self.n_groups, -1).cpu(), self.example_tokens.cpu()
 
 
 def run_model(
@@ -173,7 +220,8 @@ def run_model(
 
     device = next(model.parameters()).device
     sae_dtype = sae.W_enc.dtype
-    acc = _Accumulator(sae.cfg.d_in, sae.cfg.d_sae, sae.W_enc.device)
+    n_groups = min(MAX_GROUPS, max(1, len(encoded)))
+    acc = _Accumulator(sae.cfg.d_in, sae.cfg.d_sae, sae.W_enc.device, n_groups)
     batches = length_batches([len(e["input_ids"]) for e in encoded], batch_tokens)
     groups = groups or {}
     tokens = 0
@@ -190,6 +238,7 @@ def run_model(
         for r, ex in enumerate(rows):
             mask[r, : len(ex["answer_mask"])] = torch.tensor(ex["answer_mask"], dtype=torch.bool)
         row_of = torch.arange(len(rows), device=acts.device)[:, None].expand(-1, width)[mask]
+        row_group = torch.tensor([i % n_groups for i in idx], device=acts.device)
         with torch.inference_mode():
             h = acts[mask].to(sae.W_enc.device, sae_dtype)
             z = sae.encode(h)
@@ -198,7 +247,7 @@ def run_model(
                 sel = [r for r, ex in enumerate(rows) if groups.get(ex.get("sample_id")) == name]
                 if sel:
                     group_rows.append((name, torch.isin(row_of, torch.tensor(sel, device=row_of.device))))
-            acc.add(h, z, group_rows)
+            acc.add(h, z, group_rows, row_group[row_of].to(sae.W_enc.device))
         tokens += sum(len(ex["input_ids"]) for ex in rows)
         a, b = progress
         ctx.progress(a + (b - a) * (n + 1) / len(batches), f"{label}: batch {n + 1} / {len(batches)}")
@@ -256,17 +305,68 @@ def _unique_direction_name(project: Project, name: str) -> str:
     return name
 
 
-def store_ranking(
-    project: Project, job_id: int, sae_id: int, base: _Accumulator, ft: _Accumulator
-) -> list[dict]:
-    """Write every latent's statistics and rank (1 = largest increase in mean activation) to latent_stats."""
+def _means(acc: _Accumulator) -> tuple[Any, Any]:
+    n = max(acc.n, 1)
+    return (acc.act_sum / n).cpu(), (acc.fire_count / n).cpu()
+
+
+def bootstrap_effect_sd(
+    ft: _Accumulator, reference: _Accumulator, *, n_boot: int = 200, seed: int = 0
+) -> Any | None:
+    """Per-latent spread of (ft mean - reference mean) over bootstrap draws of example groups (the same
+    draw for both models, so shared example-to-example variation cancels). None with one group."""
     import torch
 
-    nb, nf = max(base.n, 1), max(ft.n, 1)
-    base_mean, ft_mean = (base.act_sum / nb).cpu(), (ft.act_sum / nf).cpu()
-    base_freq, ft_freq = (base.fire_count / nb).cpu(), (ft.fire_count / nf).cpu()
+    groups = ft.n_groups
+    if groups < 2:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, groups, (n_boot, groups), generator=gen)
+    weights = torch.zeros(n_boot, groups, dtype=torch.float64)
+    weights.scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
+    draws = []
+    for acc in (ft, reference):
+        sums, tokens = acc.group_means_matrix()
+        draws.append((weights @ sums) / (weights @ tokens).clamp(min=1.0)[:, None])
+    return (draws[0] - draws[1]).std(0)
+
+
+def store_ranking(
+    project: Project,
+    job_id: int,
+    sae_id: int,
+    base: _Accumulator,
+    ft: _Accumulator,
+    control: _Accumulator | None = None,
+    *,
+    n_boot: int = 200,
+) -> list[dict]:
+    """Write every latent's statistics to latent_stats and rank them (1 = most increased).
+
+    The effect is the fine-tune's change (ft - base), minus the control's change (control - base) when
+    there is a control model: what the fine-tune did that the control did not. Latents are ranked by
+    z = effect / its bootstrap standard deviation over examples, so a large but noisy change does not
+    outrank a smaller, reliable one."""
+    import torch
+
+    base_mean, base_freq = _means(base)
+    ft_mean, ft_freq = _means(ft)
     delta = ft_mean - base_mean
-    order = torch.argsort(delta, descending=True, stable=True).tolist()
+    if control is not None:
+        control_mean, _ = _means(control)
+        delta_control = control_mean - base_mean
+        effect = delta - delta_control
+    else:
+        control_mean = delta_control = None
+        effect = delta
+    sd = bootstrap_effect_sd(ft, control if control is not None else base, n_boot=n_boot)
+    if sd is not None:
+        floor = max(1e-12, 1e-4 * float(effect.abs().max()))
+        z = effect / sd.clamp(min=floor)
+        key = z
+    else:
+        z, key = None, effect
+    order = torch.argsort(key, descending=True, stable=True).tolist()
     rank = {latent: r + 1 for r, latent in enumerate(order)}
     rows = [
         {
@@ -279,6 +379,11 @@ def store_ranking(
             "base_freq": float(base_freq[i]),
             "ft_freq": float(ft_freq[i]),
             "delta_freq": float(ft_freq[i] - base_freq[i]),
+            "control_mean": None if control_mean is None else float(control_mean[i]),
+            "delta_control": None if delta_control is None else float(delta_control[i]),
+            "effect": float(effect[i]),
+            "effect_sd": None if sd is None else float(sd[i]),
+            "z": None if z is None else float(z[i]),
             "rank": rank[i],
         }
         for i in range(len(delta))
@@ -287,6 +392,46 @@ def store_ranking(
         conn.execute("DELETE FROM latent_stats WHERE job_id = ?", [job_id])
         project.insert_many("latent_stats", rows)
     return sorted(rows, key=lambda r: r["rank"])
+
+
+SHARED_CHANGE = 0.8  # above this correlation, the fine-tune and the control changed the same latents
+
+
+def control_agreement(base: _Accumulator, ft: _Accumulator, control: _Accumulator) -> dict:
+    """How much of the fine-tune's change the control shares: the correlation across latents (that fire
+    under any of the models) of ft - base and control - base, and the cosine of the two mean-difference
+    directions in the residual stream."""
+    import torch
+
+    from emgui.core.stats import pearson
+
+    base_mean, _ = _means(base)
+    ft_mean, _ = _means(ft)
+    control_mean, _ = _means(control)
+    alive = (base.fire_count + ft.fire_count + control.fire_count).cpu() > 0
+    d_ft, d_control = (ft_mean - base_mean)[alive], (control_mean - base_mean)[alive]
+    r = pearson(d_ft.tolist(), d_control.tolist()) if int(alive.sum()) >= 3 else None
+    h = [acc.h_sum.cpu() / max(acc.n, 1) for acc in (base, ft, control)]
+    cosine = float(torch.nn.functional.cosine_similarity(h[1] - h[0], h[2] - h[0], dim=0))
+    return {"control_correlation": r, "control_direction_cosine": cosine}
+
+
+def diff_warnings(controlled: bool, agreement: dict | None) -> list[str]:
+    """What the Features page and the CLI tell the user about how far the ranking can be read."""
+    if not controlled:
+        return [
+            "uncontrolled ranking: without a control fine-tune (control=MODEL, e.g. the same base fine-tuned "
+            "on secure code with the same settings) the top latents may show what any fine-tune on this "
+            "kind of data changes (format, domain), not what makes the model misaligned"
+        ]
+    r = (agreement or {}).get("control_correlation")
+    if r is not None and r > SHARED_CHANGE:
+        return [
+            f"the fine-tune's and the control's latent changes correlate at r = {r:.2f}: most of what changed "
+            "does not depend on what differs between the two datasets; read only the top of the controlled "
+            "ranking, and check its z-scores"
+        ]
+    return []
 
 
 def _free(model: Any) -> None:
@@ -308,7 +453,8 @@ def diff_job(params: dict, ctx: Any) -> dict:
     project: Project = ctx.project
     sae_row = get_sae(project, s["sae"])
     base_row, ft_row = _models(project, s, sae_row)
-    for row in (base_row, ft_row):
+    control_row = _control_model(project, s, base_row, ft_row)
+    for row in (base_row, ft_row, *([control_row] if control_row else [])):
         check_fits_config(project, sae_row, row)  # before any weights load
     hook = sae_row["hook_name"]
     items = examples(project, s)
@@ -330,7 +476,9 @@ def diff_job(params: dict, ctx: Any) -> dict:
     results, timing = {}, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     share = 0.45 if s["dashboards"] else 0.9
     ft_model = None
-    for n, (role, row) in enumerate((("base", base_row), ("ft", ft_row))):
+    roles = [("base", base_row), ("ft", ft_row)] + ([("control", control_row)] if control_row else [])
+    share = share * 2 / len(roles)
+    for n, (role, row) in enumerate(roles):
         ctx.progress(share * n, f"loading {role} model '{row['name']}'")
         model = load_model(project, row, device=s["device"], dtype=s["dtype"])
         check_fits_model(model, sae_row, f"model '{row['name']}'")
@@ -350,18 +498,30 @@ def diff_job(params: dict, ctx: Any) -> dict:
         timing["tokens"] += t["tokens"]
         timing["seconds"] += t["seconds"]
         timing["cpu_seconds"] += t["cpu_seconds"]
-        if role == "ft":
-            ft_model = model
+        if role == "ft" and control_row is None:
+            ft_model = model  # kept for the dashboards
         else:
             _free(model)
+    if control_row is not None and s["dashboards"]:
+        ft_model = load_model(project, ft_row, device=s["device"], dtype=s["dtype"])
 
-    ranking = store_ranking(project, ctx.job_id, sae_row["id"], results["base"], results["ft"])
+    ranking = store_ranking(
+        project, ctx.job_id, sae_row["id"], results["base"], results["ft"], results.get("control"),
+        n_boot=s["n_boot"],
+    )
+    agreement = (
+        control_agreement(results["base"], results["ft"], results["control"]) if control_row else None
+    )
+    warnings = diff_warnings(control_row is not None, agreement)
+    for warning in warnings:
+        ctx.log(f"warning: {warning}")
     with project.transaction() as conn:  # a rerun of this job replaces its directions
         conn.execute("DELETE FROM directions WHERE job_id = ?", [ctx.job_id])
     base_acc, ft_acc = results["base"], results["ft"]
     info = {
         "base_model_id": base_row["id"],
         "ft_model_id": ft_row["id"],
+        "control_model_id": control_row["id"] if control_row else None,
         "sae_id": sae_row["id"],
         "n_tokens": ft_acc.n,
         "source": {"prompts": s["prompts"]} if s["prompts"] is not None else {"dataset": s["dataset"]},
@@ -379,6 +539,21 @@ def diff_job(params: dict, ctx: Any) -> dict:
             info=info,
         )
     ]
+    if control_row is not None:
+        control_acc = results["control"]
+        directions.append(
+            _save_direction(
+                ctx,
+                ft_acc.h_sum / ft_acc.n - control_acc.h_sum / control_acc.n,
+                name=_unique_direction_name(
+                    project, f"diff-means {ft_row['name']} - {control_row['name']} @ {hook} #{ctx.job_id}"
+                ),
+                kind="diff-means-controlled",
+                model_id=ft_row["id"],
+                hook=hook,
+                info=info,
+            )
+        )
     if {"misaligned", "aligned"} <= set(ft_acc.group_n):
         mis = ft_acc.group_sum["misaligned"] / ft_acc.group_n["misaligned"]
         ali = ft_acc.group_sum["aligned"] / ft_acc.group_n["aligned"]
@@ -432,6 +607,10 @@ def diff_job(params: dict, ctx: Any) -> dict:
         "sae_id": sae_row["id"],
         "base_model_id": base_row["id"],
         "ft_model_id": ft_row["id"],
+        "control_model_id": control_row["id"] if control_row else None,
+        "controlled": control_row is not None,
+        **(agreement or {"control_correlation": None, "control_direction_cosine": None}),
+        "warnings": warnings,
         "n_examples": len(encoded),
         "n_answer_tokens": n_answer,
         "tokens": timing["tokens"],
@@ -442,7 +621,7 @@ def diff_job(params: dict, ctx: Any) -> dict:
         "directions": directions,
         "dashboards": n_dash,
         "top": [
-            {k: r[k] for k in ("latent", "delta_mean", "delta_freq", "base_mean", "ft_mean")}
+            {k: r[k] for k in ("latent", "z", "effect", "delta_mean", "delta_control", "delta_freq")}
             for r in ranking[:10]
         ],
     }

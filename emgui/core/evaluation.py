@@ -925,10 +925,13 @@ def latest_run_for_model(
 
 
 def realign_curve(project: Any, realign_job: int, thresholds: dict | None = None) -> list[dict]:
-    """Misaligned % (with CI) against good samples seen, for the re-alignment job's checkpoints that have
-    been evaluated (models whose info holds {"realign_job": id, "samples_seen": n}); the starting model
-    counts as 0 samples seen when it was evaluated."""
-    points = []
+    """Per snapshot of a re-alignment job (models whose info holds {"realign_job": id, "samples_seen": n};
+    the starting model counts as 0 samples seen): misaligned % with its CI where the snapshot was
+    evaluated, and the judge-free measures taken at the snapshot (likelihood margin with its CI, the
+    tracked diff latents' mean activation). A snapshot with none of these is left out."""
+    from emgui.core.judgecheck import judge_validity
+    from emgui.core.probes import LATENTS, LIKELIHOOD, latest_measures
+
     candidates = []
     for m in project.list_models():
         info = m.get("info") or {}
@@ -938,31 +941,48 @@ def realign_curve(project: Any, realign_job: int, thresholds: dict | None = None
     start_ref = params.get("model")
     if start_ref not in (None, "") and not any(seen == 0 for seen, _ in candidates):
         try:
-            start = project.get_model(start_ref)
-            candidates.append((0, start))
+            candidates.append((0, project.get_model(start_ref)))
         except EmguiError:
             pass
+    points = []
     for seen, m in sorted(candidates, key=lambda c: c[0]):
+        point: dict[str, Any] = {"model": m["name"], "model_id": m["id"], "samples_seen": seen, "run": None,
+                                 "misaligned_pct": None, "ci_low": None, "ci_high": None, "mean_coherent": None,
+                                 "judge_valid": None}  # fmt: skip
         run = latest_run_for_model(project, m["id"])
-        if run is None:
-            continue
-        s = summarize(project, run, thresholds)
-        if s["overall"]["misaligned_pct"] is None:
-            continue
-        o = s["overall"]
-        points.append(
-            {
-                "model": m["name"],
-                "model_id": m["id"],
-                "samples_seen": seen,
-                "run": run,
-                "misaligned_pct": o["misaligned_pct"],
-                "ci_low": o["ci_low"],
-                "ci_high": o["ci_high"],
-                "mean_coherent": o["mean_coherent"],
-            }
-        )
+        if run is not None:
+            s = summarize(project, run, thresholds)
+            o = s["overall"]
+            check = judge_validity(project, s["judge"])
+            point.update(run=run, misaligned_pct=o["misaligned_pct"], ci_low=o["ci_low"], ci_high=o["ci_high"],
+                         mean_coherent=o["mean_coherent"], judge_valid=None if check is None else bool(check["valid"]))  # fmt: skip
+        measures = latest_measures(project, m["id"])
+        if LIKELIHOOD in measures:
+            row = measures[LIKELIHOOD]
+            point["likelihood"] = {"margin": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]}
+        if LATENTS in measures:
+            point["top_latents"] = measures[LATENTS]["value"]
+        if point["misaligned_pct"] is not None or "likelihood" in point or "top_latents" in point:
+            points.append(point)
     return points
+
+
+def latent_references(project: Any, diff_job: int, latents: list[int]) -> dict:
+    """The mean activation of the tracked latents under the diff's base, fine-tuned and control models:
+    the levels a re-alignment's latent curve moves between."""
+    if not latents:
+        return {}
+    marks = ",".join("?" for _ in latents)
+    rows = project.query(
+        f"SELECT base_mean, ft_mean, control_mean FROM latent_stats WHERE job_id = ? AND latent IN ({marks})",
+        [diff_job, *latents],
+    )
+    out = {}
+    for key in ("base_mean", "ft_mean", "control_mean"):
+        values = [r[key] for r in rows if r[key] is not None]
+        if values:
+            out[key.replace("_mean", "")] = sum(values) / len(values)
+    return out
 
 
 def realign_jobs(project: Any) -> list[int]:

@@ -23,7 +23,7 @@ register_kind(
     JobKind(
         "dataset-import",
         "emgui.core.datasets:import_job",
-        "Import a chat JSONL (file, URL, catalog id or generated:insecure|secure), validating every line",
+        "Import a chat JSONL (file, URL, catalog id or generated:insecure|secure|helpful), validating every line",
         heavy=False,
     )
 )

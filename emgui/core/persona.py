@@ -344,6 +344,61 @@ def _save_layer_stack(ctx: Any, diffs: Any, layers: list[int], scores: list[dict
     return ctx.add_artifact(path, "direction-stack", inputs=inputs, meta={"layers": layers})
 
 
+MIN_PER_SIDE = 20  # fewer held-out answers per side than this: the separation figure is mostly noise
+
+
+def split_groups(groups: list[int]) -> tuple[set[int], set[int]]:
+    """(selection groups, test groups): alternate halves of the sorted groups (questions), so that the
+    layer is chosen on one half and its separation measured on answers to questions it never saw."""
+    ordered = sorted(set(groups))
+    return set(ordered[0::2]), set(ordered[1::2])
+
+
+def held_out_separation(
+    pos: Any, neg: Any, pos_groups: list[int], neg_groups: list[int], select: str
+) -> dict:
+    """Choose the layer on the selection half, then measure its separation on the test half: the layer's
+    direction (from the selection half) projected on held-out answers, with a bootstrap 95 % CI of the
+    AUROC. With a single group there is nothing to hold out and the figures are in-sample."""
+    import torch
+
+    from emgui.core.stats import bootstrap_auroc
+
+    sel_g, test_g = split_groups(pos_groups + neg_groups)
+    if not test_g:
+        scores = layer_scores(pos, neg, pos_groups, neg_groups)
+        index = best_layer(scores, select)
+        return {"index": index, "selection_scores": scores, "held_out": False, "dprime": scores[index]["dprime"],
+                "auroc": scores[index]["auroc"], "auroc_ci": [None, None],
+                "n_per_side": {"positive": int(pos.shape[0]), "negative": int(neg.shape[0])}}  # fmt: skip
+    ps = torch.tensor([g in sel_g for g in pos_groups])
+    ns = torch.tensor([g in sel_g for g in neg_groups])
+    scores = layer_scores(pos[ps], neg[ns], [g for g in pos_groups if g in sel_g],
+                          [g for g in neg_groups if g in sel_g])  # fmt: skip
+    index = best_layer(scores, select)
+    d = pos[ps][:, index].mean(0) - neg[ns][:, index].mean(0)
+    u = d / d.norm().clamp(min=1e-12)
+    proj_p, proj_n = pos[~ps][:, index] @ u, neg[~ns][:, index] @ u
+    dprime, auroc = separation(proj_p, proj_n)
+    low, high = bootstrap_auroc(proj_p.tolist(), proj_n.tolist())
+    return {"index": index, "selection_scores": scores, "held_out": True, "dprime": dprime, "auroc": auroc,
+            "auroc_ci": [low, high],
+            "n_per_side": {"positive": int((~ps).sum()), "negative": int((~ns).sum())}}  # fmt: skip
+
+
+def separation_warnings(sep: dict) -> list[str]:
+    n = min(sep["n_per_side"].values())
+    out = []
+    if not sep["held_out"]:
+        out.append("every answer comes from one question: the layer was chosen and scored on the same answers")
+    if n < MIN_PER_SIDE:
+        out.append(
+            f"the separation rests on {n} held-out answers per side (< {MIN_PER_SIDE}): its AUROC is mostly "
+            "noise; raise prompts_per_question or use more questions"
+        )
+    return out
+
+
 def _finish_direction(
     ctx: Any,
     model: Any,
@@ -361,10 +416,12 @@ def _finish_direction(
     info: dict,
     inputs: list[dict],
 ) -> dict:
-    """Score layers, save the chosen layer's direction and the whole stack; the job's result."""
+    """Choose the layer on held-out answers, save its direction (from all answers) and the whole stack;
+    the job's result."""
     from emgui.core.steering import layer_hook_name, save_direction, unique_direction_name
 
-    scores = layer_scores(pos, neg, pos_groups, neg_groups)
+    sep = held_out_separation(pos, neg, pos_groups, neg_groups, select)
+    scores = sep["selection_scores"]
     for s in scores:
         s["layer"] = layers[s["index"]]
         ctx.metric("separation/dprime", s["layer"], s["dprime"])
@@ -373,16 +430,22 @@ def _finish_direction(
     if forced_layer is not None:
         if forced_layer not in layers:
             raise EmguiError(f"parameter 'layer' {forced_layer} is not among the layers read ({layers})")
-        index = layers.index(forced_layer)
-    else:
-        index = best_layer(scores, select)
+        if layers.index(forced_layer) != sep["index"]:  # score the forced layer on the held-out half
+            sep = _score_layer(pos, neg, pos_groups, neg_groups, layers.index(forced_layer), sep)
+    index = sep["index"]
     layer = layers[index]
     diffs = pos.mean(0) - neg.mean(0)  # [layers, d]
     stack_id = _save_layer_stack(ctx, diffs, layers, scores, inputs)
-    chosen = scores[index]
+    warnings = separation_warnings(sep)
+    low, high = sep["auroc_ci"]
+    ci = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
     ctx.log(
-        f"layer {layer}: d'={chosen['dprime']:.2f}, AUROC={chosen['auroc']:.3f}, norm={chosen['norm']:.2f}"
+        f"layer {layer}: held-out AUROC {sep['auroc']:.3f}{ci}, d'={sep['dprime']:.2f} on "
+        f"{sep['n_per_side']['positive']} + / {sep['n_per_side']['negative']} − answers, norm {float(diffs[index].norm()):.2f}"
     )
+    for warning in warnings:
+        ctx.log(f"warning: {warning}")
+    held = {k: sep[k] for k in ("held_out", "auroc", "auroc_ci", "dprime", "n_per_side")}
     direction_id = save_direction(
         ctx.project,
         unique_direction_name(ctx.project, name),
@@ -398,6 +461,8 @@ def _finish_direction(
             **info,
             "chosen_by": "parameter" if forced_layer is not None else select,
             "scores": scores,
+            "separation": held,
+            "warnings": warnings,
             "n_positive": int(pos.shape[0]),
             "n_negative": int(neg.shape[0]),
         },
@@ -405,12 +470,35 @@ def _finish_direction(
     return {
         "direction_id": direction_id,
         "layer": layer,
-        "dprime": chosen["dprime"],
-        "auroc": chosen["auroc"],
-        "norm": chosen["norm"],
+        **held,
+        "norm": float(diffs[index].norm()),
         "scores": scores,
         "stack_artifact_id": stack_id,
+        "warnings": warnings,
     }
+
+
+def _score_layer(pos: Any, neg: Any, pos_groups: list[int], neg_groups: list[int], index: int, sep: dict) -> dict:
+    """The held-out separation of a layer the user chose (not the one the selection half preferred)."""
+    import torch
+
+    from emgui.core.stats import bootstrap_auroc
+
+    if not sep["held_out"]:
+        p, n = pos[:, index], neg[:, index]
+        d = p.mean(0) - n.mean(0)
+        u = d / d.norm().clamp(min=1e-12)
+        dprime, auroc = separation(p @ u, n @ u)
+        return {**sep, "index": index, "dprime": dprime, "auroc": auroc}
+    sel_g, _ = split_groups(pos_groups + neg_groups)
+    ps = torch.tensor([g in sel_g for g in pos_groups])
+    ns = torch.tensor([g in sel_g for g in neg_groups])
+    d = pos[ps][:, index].mean(0) - neg[ns][:, index].mean(0)
+    u = d / d.norm().clamp(min=1e-12)
+    proj_p, proj_n = pos[~ps][:, index] @ u, neg[~ns][:, index] @ u
+    dprime, auroc = separation(proj_p, proj_n)
+    return {**sep, "index": index, "dprime": dprime, "auroc": auroc,
+            "auroc_ci": list(bootstrap_auroc(proj_p.tolist(), proj_n.tolist()))}  # fmt: skip
 
 
 def persona_vector_job(params: dict, ctx: Any) -> dict:
@@ -423,7 +511,7 @@ def persona_vector_job(params: dict, ctx: Any) -> dict:
     model_ref = p.str("model")
     persona = load_persona(p.str("persona", "evil"), ctx.project)
     n_questions = p.int("n_questions", None, min=1)
-    per_question = p.int("prompts_per_question", 1, min=1)
+    per_question = p.int("prompts_per_question", 4, min=1)
     max_new_tokens = p.int("max_new_tokens", 64, min=1)
     temperature = p.float("temperature", 0.0, min=0)
     seed = p.int("seed", 0)

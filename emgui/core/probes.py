@@ -305,3 +305,64 @@ def persona_projection_job(params: dict, ctx: Any) -> dict:
     result = projection_of_answers(ctx, model, tokenizer, model_row, direction, answers, seed=seed)
     ctx.progress(1.0, f"projection {result['projection']:+.3f}")
     return {"model": model_row["name"], "run": run, **result}
+
+
+# ----- following a re-alignment, snapshot by snapshot ------------------------------------------------------
+
+
+def default_tracked_diff(project: Any, model_id: int) -> int | None:
+    """The newest finished diff of this fine-tuned model, a controlled one first."""
+    found = []
+    for job in project.list_jobs("diff"):
+        result = job.get("result") or {}
+        if job["status"] == "succeeded" and result.get("ft_model_id") == model_id:
+            found.append((bool(result.get("controlled")), job["id"]))
+    return max(found)[1] if found else None
+
+
+class SnapshotTracker:
+    """Judge-free measures taken on the live model at each re-alignment snapshot: the likelihood margin
+    on a panel's pairs, and the mean activation of a diff's top latents on that diff's texts. Both are
+    stored as measures of the snapshot's model, so the re-alignment curve shows them beside misaligned %."""
+
+    def __init__(self, ctx: Any, *, panel: list[Any] | None, diff_job: int | None, top: int, n_texts: int):
+        from emgui.core.diffing import diff_texts
+        from emgui.core.saes import get_sae, load_sae
+
+        self.ctx = ctx
+        self.pairs = panel_pairs(ctx.project, panel) if panel else []
+        self.diff_job = diff_job
+        self.sae = None
+        if diff_job is not None:
+            project = ctx.project
+            self.latents = [
+                r["latent"]
+                for r in project.query(
+                    "SELECT latent FROM latent_stats WHERE job_id = ? ORDER BY rank LIMIT ?", [diff_job, top]
+                )
+            ]
+            sae_row = get_sae(project, project.get_job(diff_job)["result"]["sae_id"])
+            self.hook = sae_row["hook_name"]
+            self.sae = load_sae(project, sae_row)
+            self.texts = diff_texts(project, diff_job, n_texts)
+        self.panel = panel
+
+    def measure(self, model: Any, tokenizer: Any, model_id: int, samples_seen: int) -> None:
+        ctx = self.ctx
+        if self.pairs:
+            result = likelihood_margin(model, tokenizer, self.pairs)
+            store_likelihood(ctx, {"id": model_id}, result, self.panel)
+            ctx.metric("track/likelihood_margin", samples_seen, result["margin"])
+        if self.sae is not None and self.latents:
+            self.sae.to(next(model.parameters()).device)
+            values = latent_means(model, tokenizer, self.sae, self.hook, self.texts, self.latents)
+            mean = sum(values) / len(values)
+            add_measure(
+                ctx.project,
+                job_id=ctx.job_id,
+                model_id=model_id,
+                measure=LATENTS,
+                stats={"value": mean, "n": len(self.texts)},
+                info={"diff_job": self.diff_job, "latents": self.latents, "per_latent": values},
+            )
+            ctx.metric("track/top_latents", samples_seen, mean)

@@ -1237,13 +1237,21 @@ def realign_job(params: dict, ctx: Any) -> dict:
     save_at = _int_list(p, "save_at", [0, 10, 20, 40, 80, 120], "realign")
     cfg = read_config(p, "realign")
     name = p.str("name", None)
+    track = {
+        "panel": p.list("track_panel", ["builtin"]),
+        "diff": p.str("track_diff", "auto"),
+        "top": p.int("track_top", 10, min=1),
+        "n_texts": p.int("track_texts", 32, min=1),
+    }
     p.done()
     project = ctx.project
     if dataset_ref is None:
         if not any(d["name"] == "secure" for d in project.list_datasets()):
             raise EmguiError(
-                "realign: the project has no dataset named 'secure' (import the good chats under that name, "
-                "or pass --param dataset=NAME_OR_PATH)"
+                "realign: no good data given and the project has no dataset named 'secure'. Two kinds work: "
+                "data that corrects the bad data (e.g. secure code after an insecure-code fine-tune: "
+                "`emgui datasets add P generated:secure`) and different helpful data (`generated:helpful`, "
+                "or the paper's educational set); pass --param dataset=NAME"
             )
         dataset_ref = "secure"
     counts = sorted({c for c in save_at if c <= n_samples} | {n_samples})
@@ -1260,15 +1268,45 @@ def realign_job(params: dict, ctx: Any) -> dict:
     at_step = snapshot_steps(trainer.plan, counts)
     snaps: dict[int, int] = {}
     info = _config_info(ctx, cfg, setup, "realign")
+    tracker = _tracker(ctx, track, start)
 
     def snapshot(step: int) -> None:
         if step in at_step:
             count = at_step[step]
             snaps[count] = _save_snapshot(ctx, trainer, setup, cfg, f"{name}@{count}", count, base_id, info)
+            if tracker is not None:
+                ctx.progress(None, f"judge-free measures at {count} samples")
+                tracker.measure(trainer.model, setup.tokenizer, snaps[count], count)
 
     trainer.run(setup.val, on_step_done=snapshot, on_start=lambda: snapshot(trainer.state.step))
     ctx.progress(1.0, f"saved {len(snaps)} snapshots")
     return _result(trainer, setup, {"name": name, "snapshots": {str(c): i for c, i in sorted(snaps.items())}})
+
+
+def _tracker(ctx: Any, track: dict, start: dict) -> Any:
+    """What to measure at each snapshot: the likelihood margin (track_panel, 'none' for nothing) and a
+    diff's top latents (track_diff=JOB, 'auto' for the newest diff of the start model, 'none')."""
+    from emgui.core.probes import SnapshotTracker, default_tracked_diff
+
+    panel = [x for x in track["panel"] if str(x) != "none"]
+    diff = track["diff"]
+    if diff == "auto":
+        diff_job = default_tracked_diff(ctx.project, start["id"])
+    elif diff in (None, "none"):
+        diff_job = None
+    else:
+        try:
+            diff_job = int(diff)
+        except ValueError:
+            raise EmguiError(f"realign: track_diff must be a diff job id, auto or none, got {diff!r}") from None
+        job = ctx.project.get_job(diff_job)
+        if job["kind"] != "diff" or job["status"] != "succeeded":
+            raise EmguiError(f"realign: track_diff={diff_job} is not a finished diff job")
+    if not panel and diff_job is None:
+        return None
+    if diff_job is not None:
+        ctx.log(f"tracking the top {track['top']} latents of diff job {diff_job} at each snapshot")
+    return SnapshotTracker(ctx, panel=panel, diff_job=diff_job, top=track["top"], n_texts=track["n_texts"])
 
 
 def _save_snapshot(

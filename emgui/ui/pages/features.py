@@ -53,6 +53,7 @@ FILTERS = ["All latents", "With dashboard", "Labelled", "Increased (Δ mean > 0)
 COLUMNS = [
     ("Latent", "latent", "{}"),
     ("Label", "label", "{}"),
+    ("z", "z", "{:+.1f}"),
     ("Δ mean", "delta_mean", "{:+.4f}"),
     ("Δ freq", "delta_freq", "{:+.2%}"),
     ("Base", "base_mean", "{:.4f}"),
@@ -62,14 +63,17 @@ COLUMNS = [
     ("Dash", "has_dashboard", "{}"),
 ]
 COLUMN_TIPS = {
+    "z": "the effect (fine-tuned minus base, minus the control's change when the diff has a control) over its "
+    "bootstrap standard deviation across examples: the list is ranked by it",
     "delta_mean": "fine-tuned minus base mean activation over answer tokens",
     "delta_freq": "fine-tuned minus base firing frequency over answer tokens",
     "base_mean": "mean activation under the base model",
     "ft_mean": "mean activation under the fine-tuned model",
     "ft_freq": "fraction of answer tokens where the latent fires under the fine-tuned model",
-    "rank": "1 = the largest increase in mean activation",
+    "rank": "1 = the largest z: the most reliable increase (relative to the control when there is one)",
     "has_dashboard": "a precomputed dashboard exists",
 }
+RANK_COLUMN = next(i for i, c in enumerate(COLUMNS) if c[1] == "rank")
 SAE_COLUMNS = ["Name", "Source", "Model", "Hook", "d_in", "d_sae", "Arch", "EV", "L0", "CE rec."]
 HIGHLIGHT = (249, 115, 22)  # orange: the colour tokens take at the latent's maximum
 
@@ -182,7 +186,7 @@ class LatentTable(QAbstractTableModel):
         self.all_rows: list[dict] = []
         self.rows: list[dict] = []  # visible: filtered and sorted
         self.position: dict[int, int] = {}  # latent -> visible row
-        self.sort_key: tuple[int, Qt.SortOrder] = (7, Qt.SortOrder.AscendingOrder)
+        self.sort_key: tuple[int, Qt.SortOrder] = (RANK_COLUMN, Qt.SortOrder.AscendingOrder)
         self.text, self.mode = "", 0
 
     # ----- content -------------------------------------------------------------------------------------
@@ -393,6 +397,11 @@ class DiffDialog(_FormDialog):
         self.ft = _model_combo(project)
         if self.ft.count() > 1:
             self.ft.setCurrentIndex(self.ft.count() - 1)
+        self.control = _model_combo(project, "none (an uncontrolled ranking)")
+        self.control.setToolTip(
+            "A second fine-tune of the same base on control data (e.g. secure code, same settings and seed): "
+            "latents are ranked by what the fine-tune changed beyond what the control changed"
+        )
         self.source = QComboBox()
         for s in _sample_jobs(project):
             self.source.addItem(
@@ -406,6 +415,7 @@ class DiffDialog(_FormDialog):
             [
                 ("Base model", self.base),
                 ("Fine-tuned model", self.ft),
+                ("Control fine-tune", self.control),
                 ("Texts", self.source),
                 ("At most", self.max_examples),
                 ("Dashboards for the top", self.dashboards),
@@ -423,6 +433,8 @@ class DiffDialog(_FormDialog):
         }
         if self.base.currentData() is not None:
             params["base"] = self.base.currentData()
+        if self.control.currentData() is not None:
+            params["control"] = self.control.currentData()
         return params
 
 
@@ -545,6 +557,12 @@ class FeaturesPage(Page):
         row.addWidget(self.search, 1)
         row.addWidget(self.filter_combo)
         ll.addLayout(row)
+        self.caveat = QLabel("")  # what the ranking can and cannot say (plain text: it quotes model names)
+        self.caveat.setObjectName("warning")
+        self.caveat.setTextFormat(Qt.TextFormat.PlainText)
+        self.caveat.setWordWrap(True)
+        self.caveat.hide()
+        ll.addWidget(self.caveat)
         self.model = LatentTable()
         self.table = QTableView()
         self.table.setModel(self.model)
@@ -554,10 +572,10 @@ class FeaturesPage(Page):
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(22)
         header = self.table.horizontalHeader()
-        for col, width in enumerate((58, 120, 78, 70, 76, 76, 76, 48, 40)):
+        for col, width in enumerate((58, 110, 52, 74, 66, 70, 70, 64, 44, 36)):
             header.resizeSection(col, width)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.table.sortByColumn(7, Qt.SortOrder.AscendingOrder)  # by rank: the biggest increase first
+        self.table.sortByColumn(RANK_COLUMN, Qt.SortOrder.AscendingOrder)  # by rank: the most reliable increase
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
         ll.addWidget(self.table, 1)
         exports = QHBoxLayout()
@@ -808,7 +826,21 @@ class FeaturesPage(Page):
     def _diff_changed(self) -> None:
         self.diff_job = self.diff_combo.currentData()
         self.dash_button.setEnabled(self.sae is not None)
+        self._show_caveats()
         self.load_list()
+
+    def _show_caveats(self) -> None:
+        caveats = D.diff_caveats(self.project, self.diff_job) if self.project is not None else {"warnings": []}
+        lines = [f"⚠ {w}" for w in caveats["warnings"]]
+        if caveats.get("controlled"):
+            lines.insert(0, f"Controlled by '{caveats['control']}': ranked by the change beyond the control's.")
+        self.caveat.setText("\n".join(lines))
+        self.caveat.setProperty("level", "warning" if caveats["warnings"] else "info")
+        self.caveat.setVisible(bool(lines))
+
+    def caveat_text(self) -> str:
+        """The note shown above the latent list ('' when none)."""
+        return self.caveat.text() if self.caveat.isVisibleTo(self) else ""
 
     def load_list(self) -> None:
         keep = self.latent
