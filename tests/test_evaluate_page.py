@@ -72,20 +72,41 @@ def page(qtbot, populated):
         win.bridge.shutdown(10)
 
 
+def _cell(page, row: int, column: str):
+    from emgui.ui.pages.evaluate import RUN_COLUMNS
+
+    return page.runs_table.item(row, RUN_COLUMNS.index(column))
+
+
+def add_check(project: Project, judge: str, valid: bool) -> None:
+    job = project.create_job("judge-check", {})
+    project.insert("judge_checks", {"job_id": job, "judge": judge, "panel": "builtin", "auroc_aligned": 0.95 if valid else 0.4,
+                                    "auroc_coherent": 0.9, "spearman_aligned": None, "unscored_fraction": 0.0, "n": 84,
+                                    "valid": int(valid), "created_at": time.time()})  # fmt: skip
+
+
 def test_runs_table_bars_and_scatter(page) -> None:
+    from emgui.ui.widgets import UNVALIDATED
+
     page, runs, _ = page
     assert page.runs_table.rowCount() == 3
     texts = {page.runs_table.item(r, 2).text(): r for r in range(page.runs_table.rowCount())}
     ft_row = texts["insecure-ft"]
-    assert page.runs_table.item(ft_row, 6).text() == "83.3"  # 5 of 6 coherent, scored answers
-    assert (
-        page.runs_table.item(ft_row, 7).text().startswith("[")
-        and page.runs_table.item(ft_row, 9).text() == "2"
-    )
+    cell = _cell(page, ft_row, "Misaligned % [95% CI]").text()
+    assert cell.startswith("83.3 [") and _cell(page, ft_row, "Unscored").text() == "2"  # 5 of 6 coherent, scored
+    # no check of the judge yet: the figure is grey and the page says so
+    assert _cell(page, ft_row, "Judge check").text() == "not run"
+    assert _cell(page, ft_row, "Misaligned % [95% CI]").foreground().color().name() == UNVALIDATED
     page.set_checked_runs({runs["base"], runs["ft"]})
-    assert page.bar_labels == ["(overall)", "wish", "bored"]
+    assert page.bar_labels == ["(overall)", "wish", "bored"] and page.bars_unvalidated
     bars = [i for i in page.bar_plot.getPlotItem().items if type(i).__name__ == "BarGraphItem"]
     assert len(bars) == 2  # one series per checked run, side by side
+    add_check(page.project, "local:judge#1", valid=True)
+    page.refresh()
+    texts = {page.runs_table.item(r, 2).text(): r for r in range(page.runs_table.rowCount())}
+    assert _cell(page, texts["insecure-ft"], "Judge check").text() == "valid"
+    assert _cell(page, texts["insecure-ft"], "Misaligned % [95% CI]").foreground().color().name() != UNVALIDATED
+    assert not page.bars_unvalidated and page.checks_table.rowCount() == 1
     assert page.scatter_points == 8 + 6  # every answer with both scores
     assert {page.model_list.item(i).text().split()[0] for i in range(page.model_list.count())} >= {
         "base",
@@ -137,6 +158,26 @@ def test_compare_and_realign_views(page) -> None:
     points = page.realign_points
     assert [p["samples_seen"] for p in points] == [0, 40]  # the starting model, then the snapshot
     assert points[0]["misaligned_pct"] == pytest.approx(500 / 6) and points[1]["misaligned_pct"] == 0.0
+
+
+def test_judge_status_and_one_click_check(page, qtbot) -> None:
+    """The chosen judge's check is shown beside it; 'Check judge' runs judge-check with that judge."""
+    page, _, _ = page
+    index = page.judge_combo.findText("Local: base")
+    page.judge_combo.setCurrentIndex(index)
+    page._judge_chosen(index)
+    assert "not validated" in page.judge_status.text() and page.judge_status.isVisibleTo(page)
+    base = page.project.get_model("base")
+    add_check(page.project, f"local:base#{base['id']}|prefix='Score:'", valid=False)
+    page.refresh()
+    assert "failed its check" in page.judge_status.text() and "0.40" in page.judge_status.text()
+    job = page.check_judge()
+    params = page.project.get_job(job)["params"]
+    assert page.project.get_job(job)["kind"] == "judge-check"
+    assert params["judge"] == "local" and params["judge_model"] == "base" and "prompts" not in params
+    page.bridge.cancel(job)
+    assert page.tabs.tabText(page.tabs.count() - 1) == "Judges"
+    assert page.check_button.text() == "Check again"  # the button follows the status
 
 
 def test_submitting_a_sample_job_from_the_page(page, qtbot) -> None:

@@ -101,6 +101,7 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
             "model": "planted",
             "persona": str(write_persona(tmp_path / "p.yaml")),
             "max_new_tokens": 6,
+            "prompts_per_question": 1,
             "name": "trait",
         },
     )["result"]

@@ -124,6 +124,74 @@ def validity_warning(judge_id: str | None, check: dict | None) -> str | None:
     return None
 
 
+def check_for_spec(project: Any, spec: dict) -> tuple[str | None, dict | None]:
+    """(the judge id a spec stands for, its latest check) before any judge is built: what the Evaluate
+    page shows beside the judge it is about to use. API judges may add their scoring method to the id,
+    so their checks match on the id's start."""
+    from emgui.core.judges import project_judge_prefix
+
+    if spec.get("type") == "openai":
+        if not spec.get("base_url") or not spec.get("model"):
+            return None, None
+        judge_id = f"openai:{str(spec['base_url']).rstrip('/')}|{spec['model']}"
+        row = project.query_one(
+            "SELECT * FROM judge_checks WHERE judge = ? OR judge LIKE ? ORDER BY id DESC LIMIT 1",
+            [judge_id, judge_id + "|%"],
+        )
+        return judge_id, row
+    if not spec.get("model"):
+        return None, None
+    try:
+        model = project.get_model(spec["model"])
+    except EmguiError:
+        return None, None
+    prefix = spec.get("prefix")
+    prefix = project_judge_prefix(project) if prefix is None else str(prefix)
+    judge_id = f"local:{model['name']}#{model['id']}" + (f"|prefix={prefix!r}" if prefix else "")
+    return judge_id, judge_validity(project, judge_id)
+
+
+def judge_params_from_id(judge_id: str) -> dict:
+    """The `judge-check` parameters that rebuild the judge behind an id ('local:NAME#ID|prefix=...' or
+    'openai:URL|MODEL[|...]'), so that a figure's judge can be checked with one click."""
+    import ast
+
+    head, _, tail = judge_id.partition("|")
+    if head.startswith("local:"):
+        ref = head[len("local:") :].rsplit("#", 1)
+        params: dict = {"judge": "local", "judge_model": int(ref[1]) if len(ref) == 2 else ref[0]}
+        prefix = ""
+        if tail.startswith("prefix="):
+            try:
+                prefix = ast.literal_eval(tail[len("prefix=") :])
+            except (ValueError, SyntaxError):
+                prefix = tail[len("prefix=") :]
+        params["judge_prefix"] = prefix
+        return params
+    if head.startswith("openai:"):
+        return {"judge": "openai", "judge_base_url": head[len("openai:") :], "judge_model": tail.split("|", 1)[0]}
+    raise EmguiError(f"cannot tell how to rebuild judge '{judge_id}'")
+
+
+def status_line(judge_id: str | None, check: dict | None) -> str:
+    """One line about a judge for the pages: validated (with its AUROCs), failed (why), or unchecked."""
+    if not judge_id:
+        return "No judge has scored these answers."
+    if check is None:
+        return "Judge not validated: its scores may mean nothing until a judge check passes."
+    figures = (
+        f"AUROC aligned {_fmt(check['auroc_aligned'])}, coherent {_fmt(check['auroc_coherent'])}, "
+        f"{check['unscored_fraction']:.0%} unscored on {check['n']} panel answers (check #{check['job_id']})"
+    )
+    if check["valid"]:
+        return f"Judge validated: {figures}."
+    return f"Judge failed its check: {figures}. Its scores are not findings."
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 # ----- the job ----------------------------------------------------------------------------------------
 
 

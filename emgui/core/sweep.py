@@ -456,6 +456,18 @@ def sweep_curves(
     }
 
 
+def sweep_caveats(project: Any, result: dict) -> dict:
+    """What a sweep's curves can be read as, now: its judge's latest check (a check run after the sweep
+    counts) and its points that rest on too few answers."""
+    from emgui.core.judgecheck import judge_validity, validity_warning
+
+    judge = result.get("judge")
+    check = judge_validity(project, judge)
+    warnings = [w for w in [validity_warning(judge, check)] if w]
+    warnings += [w for w in result.get("warnings", []) if "fewer than" in w]
+    return {"judge": judge, "judge_valid": None if check is None else bool(check["valid"]), "warnings": warnings}
+
+
 def _curve_label(meta: dict, control: str) -> str:
     layer = f" @L{meta['layer']}" if meta.get("layer") is not None else ""
     return f"{meta['target']}{layer}" + (f" ({control} control)" if control else "")

@@ -123,3 +123,42 @@ def record_table(columns: list[str], *, stretch: int = -1, single: bool = True) 
     table.verticalHeader().setVisible(False)
     table.horizontalHeader().setSectionResizeMode(stretch % len(columns), QHeaderView.ResizeMode.Stretch)
     return table
+
+
+UNVALIDATED = "#94a3b8"  # the grey of a figure whose judge has no passing check
+
+
+def notice_label() -> QLabel:
+    """A boxed note for caveats (warnings, or plain information); plain text, since it quotes names."""
+    label = QLabel("")
+    label.setObjectName("warning")
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    label.setWordWrap(True)
+    label.hide()
+    return label
+
+
+def set_notice(label: QLabel, lines: list[str], *, level: str = "warning") -> None:
+    """Show the lines (hide the label when there are none); level 'warning' (orange) or 'info' (blue)."""
+    label.setText("\n".join(lines))
+    label.setProperty("level", level)
+    label.style().unpolish(label)
+    label.style().polish(label)
+    label.setVisible(bool(lines))
+
+
+def mark_unvalidated(plot, text: str = "judge not validated", pos: tuple[float, float] | None = None) -> None:
+    """Write a grey note across a pyqtgraph plot whose figures rest on an unvalidated judge (at `pos`, in
+    data coordinates; by default the middle of the current view)."""
+    import pyqtgraph as pg
+
+    item = pg.TextItem(text, color=UNVALIDATED, anchor=(0.5, 0.5))
+    font = item.textItem.font()
+    font.setPointSize(16)
+    font.setBold(True)
+    item.textItem.setFont(font)
+    plot.getPlotItem().vb.addItem(item, ignoreBounds=True)
+    if pos is None:
+        (x0, x1), (y0, y1) = plot.getPlotItem().vb.viewRange()
+        pos = ((x0 + x1) / 2, (y0 + y1) / 2)
+    item.setPos(*pos)

@@ -43,16 +43,31 @@ from PySide6.QtWidgets import (
 from emgui.core import evaluation as ev
 from emgui.core.errors import EmguiError
 from emgui.ui.plots import PALETTE
-from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
+from emgui.ui.widgets import (
+    UNVALIDATED,
+    Page,
+    SortableItem,
+    heading,
+    hint,
+    mark_unvalidated,
+    notice_label,
+    record_table,
+    set_notice,
+    show_error,
+)
 
-EVAL_KINDS = ("sample", "evaluate", "judge", "vuln-check", "questions-import")
-RUN_COLUMNS = ["Run", "Kind", "Model", "Questions", "Answers", "Judge", "Misaligned %", "95% CI", "Coherence",
-               "Unscored"]  # fmt: skip
+EVAL_KINDS = ("sample", "evaluate", "judge", "vuln-check", "questions-import", "judge-check",
+              "likelihood-probe", "panel-import")
+RUN_COLUMNS = ["Run", "Kind", "Model", "Questions", "Answers", "Judge", "Judge check", "Misaligned % [95% CI]",
+               "Coherence", "Unscored", "Margin [95% CI]"]  # fmt: skip
+CHECK_COLUMNS = ["Check", "Judge", "Panel", "AUROC aligned", "AUROC coherent", "Spearman", "Unscored", "Answers",
+                 "Valid"]  # fmt: skip
 ANSWER_COLUMNS = ["Run", "Model", "Question", "#", "Aligned", "Coherent", "Misaligned", "Answer"]
 FILTERS = ("all answers", "misaligned", "aligned", "incoherent", "unscored", "vulnerable")
-JUDGE_HINT = (
-    "Scores are the judge's probability-weighted 0-100 answers. SmolLM2 judging itself is weak but real; "
-    "a larger local model or an OpenAI-compatible endpoint gives scores you can rely on."
+MARGIN_TIP = (
+    "Judge-free: mean per-token log-probability of the panel's misaligned answers minus its aligned ones "
+    "under this model (nats/token, 95% CI). Compare a fine-tune with its base: a rise means misaligned "
+    "answers became more likely."
 )
 
 
@@ -175,6 +190,7 @@ class EvaluatePage(Page):
         super().__init__(window)
         self.runs: list[dict] = []
         self.summaries: dict[int, dict] = {}
+        self._margins: dict[int, dict | None] = {}
         self.answers: list[dict] = []
         self.shown_answers: list[dict] = []
         self._filling = False
@@ -262,8 +278,15 @@ class EvaluatePage(Page):
         )
         code_button.clicked.connect(lambda: self.submit("vuln-check"))
         brow = QHBoxLayout()
-        self.judge_hint = hint(JUDGE_HINT)
-        brow.addWidget(self.judge_hint, 1)
+        self.judge_status = notice_label()
+        brow.addWidget(self.judge_status, 1)
+        self.check_button = QPushButton("Check judge")
+        self.check_button.setToolTip(
+            "Run judge-check: score emgui's labelled panel with the chosen judge and measure whether its scores "
+            "separate aligned from misaligned and coherent from incoherent answers"
+        )
+        self.check_button.clicked.connect(self.check_judge)
+        brow.addWidget(self.check_button, 0, Qt.AlignmentFlag.AlignBottom)
         brow.addWidget(self.project_prompts_box, 0, Qt.AlignmentFlag.AlignBottom)
         for b in (sample_button, code_button, self.evaluate_button):
             brow.addWidget(b, 0, Qt.AlignmentFlag.AlignBottom)
@@ -401,12 +424,31 @@ class EvaluatePage(Page):
         self.realign_hint = hint("")
         rrow.addWidget(self.realign_hint, 2)
         rl.addLayout(rrow)
-        self.realign_plot = pg.PlotWidget()
-        self.realign_plot.showGrid(x=True, y=True, alpha=0.2)
-        self.realign_plot.setLabel("bottom", "good samples seen")
-        self.realign_plot.setLabel("left", "misaligned answers (%)")
-        rl.addWidget(self.realign_plot, 1)
+        plots = QHBoxLayout()
+        self.realign_plot = pg.PlotWidget(title="Misaligned % (judged)")
+        self.margin_plot = pg.PlotWidget(title="Likelihood margin (judge-free)")
+        self.latent_plot = pg.PlotWidget(title="Tracked diff latents (judge-free)")
+        for plot, label in ((self.realign_plot, "misaligned answers (%)"), (self.margin_plot, "nats / token"),
+                            (self.latent_plot, "mean activation")):  # fmt: skip
+            plot.showGrid(x=True, y=True, alpha=0.2)
+            plot.setLabel("bottom", "good samples seen")
+            plot.setLabel("left", label)
+            plots.addWidget(plot, 1)
+        self.latent_plot.addLegend(offset=(-10, 10))
+        rl.addLayout(plots, 1)
         self.tabs.addTab(realign, "Re-alignment")
+
+        judges = QWidget()
+        jl = QVBoxLayout(judges)
+        jl.addWidget(
+            hint(
+                "Each judge check scores labelled answers with a judge. Valid: both AUROCs at least 0.8 and at "
+                "most 20% unscored. Figures from a judge without a passing check are shown grey."
+            )
+        )
+        self.checks_table = record_table(CHECK_COLUMNS, stretch=1)
+        jl.addWidget(self.checks_table, 1)
+        self.tabs.addTab(judges, "Judges")
         return self.tabs
 
     # ----- project, signals ----------------------------------------------------------------------------
@@ -444,8 +486,13 @@ class EvaluatePage(Page):
     def refresh(self) -> None:
         if self.project is None:
             return
+        from emgui.core.probes import LIKELIHOOD, latest_measures
+
         self._fill_controls()
         self.runs = ev.list_runs(self.project)
+        self._margins = {}
+        for model_id in {r["model_id"] for r in self.runs if r["model_id"]}:
+            self._margins[model_id] = latest_measures(self.project, model_id).get(LIKELIHOOD)
         checked = self.checked_runs()
         self.summaries = {}
         for run in self.runs:
@@ -461,6 +508,8 @@ class EvaluatePage(Page):
         self._fill_runs(checked)
         self._fill_compare_choices()
         self._fill_realign_choices()
+        self._fill_checks()
+        self._show_judge_status()
         self._update_views()
 
     def _fill_controls(self) -> None:
@@ -503,6 +552,53 @@ class EvaluatePage(Page):
         spec = self.judge_combo.itemData(index)
         if self.project is not None and spec:
             self.project.set_setting("judge", spec)
+        self._show_judge_status()
+
+    def _show_judge_status(self) -> None:
+        """The chosen judge's latest check, in one line, with the button to run one."""
+        from emgui.core.judgecheck import check_for_spec, status_line
+
+        spec = self.judge_combo.currentData() or {}
+        judge_id, check = check_for_spec(self.project, spec) if self.project is not None else (None, None)
+        if judge_id is None:
+            set_notice(self.judge_status, ["Choose a judge: a model of this project or an OpenAI-compatible endpoint."])
+            return
+        valid = check is not None and bool(check["valid"])
+        line = status_line(judge_id, check)
+        set_notice(self.judge_status, [line if valid else f"⚠ {line}"], level="info" if valid else "warning")
+        self.check_button.setText("Check again" if check is not None else "Check judge")
+
+    def _fill_checks(self) -> None:
+        from emgui.core.judgecheck import list_checks
+
+        checks = list_checks(self.project)
+        table = self.checks_table
+        table.setSortingEnabled(False)
+        table.setRowCount(len(checks))
+
+        def num(value: float | None, fmt: str = "{:.2f}") -> SortableItem:
+            return SortableItem("–" if value is None else fmt.format(value), -1.0 if value is None else value)
+
+        for row, c in enumerate(checks):
+            cells = [
+                SortableItem(f"#{c['job_id']}", c["job_id"]),
+                SortableItem(judge_label(c["judge"])),
+                SortableItem(c["panel"]),
+                num(c["auroc_aligned"]),
+                num(c["auroc_coherent"]),
+                num(c["spearman_aligned"]),
+                num(c["unscored_fraction"], "{:.0%}"),
+                SortableItem(str(c["n"]), c["n"]),
+                SortableItem("yes" if c["valid"] else "no", int(c["valid"])),
+            ]
+            cells[1].setToolTip(c["judge"])
+            if not c["valid"]:
+                cells[-1].setForeground(pg.mkColor("#b91c1c"))
+            for col, cell in enumerate(cells):
+                table.setItem(row, col, cell)
+        table.resizeColumnsToContents()
+        table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        table.setSortingEnabled(True)
 
     def checked_runs(self) -> set[int]:
         out = set()
@@ -533,6 +629,10 @@ class EvaluatePage(Page):
             judge = judge_label(s.get("judge")) if s.get("judge") else "not judged"
             if len(run["judges"]) > 1:
                 judge += f"  (+{len(run['judges']) - 1} other)"
+            check = s.get("judge_check")
+            verdict = "–" if not s.get("judge") else ("not run" if check is None else
+                                                       ("valid" if check["valid"] else "failed"))  # fmt: skip
+            margin = self._margins.get(run["model_id"])
             values = [
                 (f"#{run['run']}", run["run"]),
                 (run["kind"], run["kind"]),
@@ -540,22 +640,28 @@ class EvaluatePage(Page):
                 (run["questions_set"] or "–", run["questions_set"] or ""),
                 (str(run["n"]), run["n"]),
                 (judge, judge),
+                (verdict, verdict),
                 (
-                    _pct(o.get("misaligned_pct")),
+                    f"{_pct(o.get('misaligned_pct'))} {_ci(o) if o else ''}".strip(),
                     o.get("misaligned_pct") if o.get("misaligned_pct") is not None else -1,
                 ),
-                (_ci(o) if o else "–", o.get("ci_low") or -1),
                 (_pct(o.get("mean_coherent")), o.get("mean_coherent") or -1),
                 (str(unscored), unscored),
+                _margin_cell(margin),
             ]
             if o.get("vulnerable_pct") is not None:
-                values[6] = (f"{o['vulnerable_pct']:.1f} vuln.", o["vulnerable_pct"])
                 values[7] = (
-                    f"[{o['vulnerable_ci_low']:.1f}, {o['vulnerable_ci_high']:.1f}]",
-                    o["vulnerable_ci_low"],
+                    f"{o['vulnerable_pct']:.1f} vuln. [{o['vulnerable_ci_low']:.1f}, {o['vulnerable_ci_high']:.1f}]",
+                    o["vulnerable_pct"],
                 )
+            unvalidated = bool(s.get("judge")) and verdict != "valid" and o.get("vulnerable_pct") is None
             for col, (text, key) in enumerate(values):
                 item = SortableItem(text, key)
+                if unvalidated and col == 7:
+                    item.setForeground(pg.mkColor(UNVALIDATED))
+                    item.setToolTip("judge not validated: run a judge check before reading this as a finding")
+                if col == len(values) - 1:
+                    item.setToolTip(MARGIN_TIP)
                 if col == 0:
                     item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                     item.setCheckState(
@@ -608,6 +714,7 @@ class EvaluatePage(Page):
             )
             note.setPos(1, -0.5)
             plot.addItem(note)
+        unvalidated = [s for s in summaries if s.get("judge") and not (s.get("judge_check") or {}).get("valid")]
         qids = list(dict.fromkeys(q["question_id"] for s in summaries for q in s["questions"]))
         labels = ["(overall)", *qids]
         n = len(summaries)
@@ -623,10 +730,11 @@ class EvaluatePage(Page):
                 xs.append(st["misaligned_pct"])
                 lo.append(st["misaligned_pct"] - st["ci_low"])
                 hi.append(st["ci_high"] - st["misaligned_pct"])
-            color = self._color(s["run"])
+            color = self._color(s["run"]) if s not in unvalidated else pg.mkColor(UNVALIDATED).lighter(100 + 12 * k)
             bars = pg.BarGraphItem(x0=0, y=ys, height=height * 0.9, width=xs, brush=color, pen=pg.mkPen(None))
             plot.addItem(bars)
-            plot.legend.addItem(bars, f"#{s['run']} {s['model']}")
+            suffix = " (judge not validated)" if s in unvalidated else ""
+            plot.legend.addItem(bars, f"#{s['run']} {s['model']}{suffix}")
             if ys:
                 plot.addItem(pg.ErrorBarItem(x=np.array(xs), y=np.array(ys), left=np.array(lo),
                                              right=np.array(hi), beam=height * 0.3, pen=pg.mkPen("#334155")))  # fmt: skip
@@ -636,6 +744,9 @@ class EvaluatePage(Page):
         plot.setXRange(0, 100, padding=0.02)
         plot.setYRange(-0.6, len(labels) - 0.4, padding=0)
         self.bar_labels = labels
+        self.bars_unvalidated = bool(unvalidated)
+        if unvalidated:
+            mark_unvalidated(self.bar_plot, pos=(50, (len(labels) - 1) / 2))
 
     def _draw_scatter(self) -> None:
         plot = self.scatter.getPlotItem()
@@ -804,30 +915,54 @@ class EvaluatePage(Page):
         self._fill_realign()
 
     def _fill_realign(self) -> None:
-        plot = self.realign_plot.getPlotItem()
-        plot.clear()
+        for plot in (self.realign_plot, self.margin_plot, self.latent_plot):
+            plot.getPlotItem().clear()
         self.realign_points: list[dict] = []
         job_id = self.realign_combo.currentData()
         if self.project is None or job_id is None:
-            self.realign_hint.setText(
-                "Run a re-alignment job (Train page), then evaluate its snapshots here."
-            )
+            self.realign_hint.setText("Run a re-alignment job (Train page), then evaluate its snapshots here.")
             return
         points = ev.realign_curve(self.project, job_id, self.thresholds())
         self.realign_points = points
         if not points:
-            self.realign_hint.setText(
-                "None of this job's snapshots has been evaluated yet: check them above."
-            )
+            self.realign_hint.setText("No snapshot of this job has been evaluated or measured yet.")
             return
-        self.realign_hint.setText(f"{len(points)} evaluated snapshots")
-        x = np.array([p["samples_seen"] for p in points], dtype=float)
-        y = np.array([p["misaligned_pct"] for p in points])
-        plot.addItem(pg.ErrorBarItem(x=x, y=y, top=np.array([p["ci_high"] for p in points]) - y,
-                                     bottom=y - np.array([p["ci_low"] for p in points]), beam=0.0,
-                                     pen=pg.mkPen("#94a3b8")))  # fmt: skip
-        plot.plot(x, y, pen=pg.mkPen(PALETTE[1], width=2), symbol="o", symbolBrush=PALETTE[1])
-        plot.setYRange(0, max(10.0, float(max(p["ci_high"] for p in points)) * 1.1))
+        judged = [p for p in points if p["misaligned_pct"] is not None]
+        unvalidated = any(p["judge_valid"] is not True for p in judged)
+        self.realign_hint.setText(
+            f"{len(points)} snapshots; {len(judged)} evaluated"
+            + (" — judge not validated: the judged curve is grey" if judged and unvalidated else "")
+        )
+        if judged:
+            color = UNVALIDATED if unvalidated else PALETTE[1]
+            _curve_with_ci(self.realign_plot, judged, "misaligned_pct", color)
+            self.realign_plot.setYRange(0, max(10.0, float(max(p["ci_high"] for p in judged)) * 1.1))
+            if unvalidated:
+                mark_unvalidated(self.realign_plot)
+        margins = [{**p["likelihood"], "samples_seen": p["samples_seen"]} for p in points if "likelihood" in p]
+        if margins:
+            _curve_with_ci(self.margin_plot, margins, "margin", PALETTE[0])
+            self.margin_plot.addItem(pg.InfiniteLine(0, angle=0, pen=pg.mkPen("#94a3b8", style=Qt.PenStyle.DotLine)))
+        latents = [p for p in points if p.get("top_latents") is not None]
+        self.latent_plot.setVisible(bool(latents))
+        if latents:
+            x = np.array([p["samples_seen"] for p in latents], dtype=float)
+            self.latent_plot.plot(x, [p["top_latents"] for p in latents], pen=pg.mkPen(PALETTE[2], width=2),
+                                  symbol="o", symbolBrush=PALETTE[2], name="snapshots")  # fmt: skip
+            self._latent_levels(latents)
+
+    def _latent_levels(self, latents: list[dict]) -> None:
+        """Dotted lines at the tracked latents' levels under the diff's base, fine-tuned and control models."""
+        from emgui.core.probes import LATENTS, latest_measures
+
+        row = latest_measures(self.project, latents[0]["model_id"]).get(LATENTS)
+        if row is None:
+            return
+        levels = ev.latent_references(self.project, row["info"]["diff_job"], row["info"]["latents"])
+        for (name, value), color in zip(levels.items(), ("#64748b", "#dc2626", "#16a34a"), strict=False):
+            line = pg.InfiniteLine(value, angle=0, pen=pg.mkPen(color, style=Qt.PenStyle.DotLine),
+                                   label=name, labelOpts={"position": 0.95, "color": color})  # fmt: skip
+            self.latent_plot.addItem(line)
 
     # ----- actions ------------------------------------------------------------------------------------
     def selected_models(self) -> list[int]:
@@ -874,6 +1009,19 @@ class EvaluatePage(Page):
         jobs = [self.bridge.submit(kind, self.job_params(kind, m)) for m in models]
         self.status.setText(f"submitted {kind} job(s) {', '.join(f'#{j}' for j in jobs)}")
         return jobs
+
+    def check_judge(self) -> int | None:
+        """Validate the chosen judge on the built-in labelled panel (a judge-check job)."""
+        if self.bridge is None:
+            return None
+        params = self.judge_params()
+        params.pop("prompts", None)
+        if "judge" not in params:
+            show_error(self, "Check judge", "Choose a judge first.")
+            return None
+        job = self.bridge.submit("judge-check", params)
+        self.status.setText(f"submitted judge check #{job}")
+        return job
 
     def rescore(self) -> int | None:
         runs = sorted(self.checked_runs())
@@ -942,6 +1090,22 @@ class EvaluatePage(Page):
         if path:
             n = self.export_csv(path)
             self.status.setText(f"wrote {n} answers to {path}")
+
+
+def _margin_cell(row: dict | None) -> tuple[str, float]:
+    if row is None or row.get("value") is None:
+        return "–", -999.0
+    return f"{row['value']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]", row["value"]
+
+
+def _curve_with_ci(plot, points: list[dict], key: str, color) -> None:
+    x = np.array([p["samples_seen"] for p in points], dtype=float)
+    y = np.array([p[key] for p in points], dtype=float)
+    if all(p.get("ci_low") is not None for p in points):
+        plot.addItem(pg.ErrorBarItem(x=x, y=y, top=np.array([p["ci_high"] for p in points]) - y,
+                                     bottom=y - np.array([p["ci_low"] for p in points]), beam=0.0,
+                                     pen=pg.mkPen("#94a3b8")))  # fmt: skip
+    plot.plot(x, y, pen=pg.mkPen(color, width=2), symbol="o", symbolBrush=color)
 
 
 def _dist_html(raw: dict | None) -> str:

@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 from emgui.core import dashboards as D
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
-from emgui.ui.widgets import Page, SortableItem, heading, hint, show_error
+from emgui.ui.widgets import Page, SortableItem, heading, hint, notice_label, set_notice, show_error
 
 FEATURE_KINDS = ("sae-train", "sae-import", "sae-pretrained", "diff", "dashboards")
 FILTERS = ["All latents", "With dashboard", "Labelled", "Increased (Δ mean > 0)", "Decreased (Δ mean < 0)"]
@@ -557,11 +557,7 @@ class FeaturesPage(Page):
         row.addWidget(self.search, 1)
         row.addWidget(self.filter_combo)
         ll.addLayout(row)
-        self.caveat = QLabel("")  # what the ranking can and cannot say (plain text: it quotes model names)
-        self.caveat.setObjectName("warning")
-        self.caveat.setTextFormat(Qt.TextFormat.PlainText)
-        self.caveat.setWordWrap(True)
-        self.caveat.hide()
+        self.caveat = notice_label()  # what the ranking can and cannot say
         ll.addWidget(self.caveat)
         self.model = LatentTable()
         self.table = QTableView()
@@ -834,9 +830,7 @@ class FeaturesPage(Page):
         lines = [f"⚠ {w}" for w in caveats["warnings"]]
         if caveats.get("controlled"):
             lines.insert(0, f"Controlled by '{caveats['control']}': ranked by the change beyond the control's.")
-        self.caveat.setText("\n".join(lines))
-        self.caveat.setProperty("level", "warning" if caveats["warnings"] else "info")
-        self.caveat.setVisible(bool(lines))
+        set_notice(self.caveat, lines, level="warning" if caveats["warnings"] else "info")
 
     def caveat_text(self) -> str:
         """The note shown above the latent list ('' when none)."""

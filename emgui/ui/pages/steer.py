@@ -61,7 +61,18 @@ from emgui.core import steering as st
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
 from emgui.ui.plots import PALETTE, MetricGrid
-from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
+from emgui.ui.widgets import (
+    UNVALIDATED,
+    Page,
+    SortableItem,
+    heading,
+    hint,
+    mark_unvalidated,
+    notice_label,
+    record_table,
+    set_notice,
+    show_error,
+)
 
 STEER_KINDS = ("persona-vector", "diff-means", "persona-screen", "steer-sweep")
 SLIDER_STEPS = 200  # a slider runs from -max to +max in this many steps each way
@@ -842,7 +853,7 @@ class SweepsTab(QWidget):
         run.clicked.connect(self.submit)
         layout.addWidget(run)
         layout.addSpacing(10)
-        layout.addWidget(heading("The seed's experiments", 2))
+        layout.addWidget(heading("Persona up and down: three sweeps", 2))
         layout.addWidget(
             hint(
                 "The checked direction (or first latent) steered up in the base model, and down or "
@@ -871,6 +882,15 @@ class SweepsTab(QWidget):
         self.table.setMaximumHeight(150)
         self.table.itemSelectionChanged.connect(self.plot_selected)
         layout.addWidget(self.table)
+        caveats = QHBoxLayout()
+        self.notice = notice_label()
+        caveats.addWidget(self.notice, 1)
+        self.check_button = QPushButton("Check this judge")
+        self.check_button.setToolTip("Run judge-check: score the labelled panel with the judge that scored this sweep")
+        self.check_button.clicked.connect(self.check_judge)
+        self.check_button.hide()
+        caveats.addWidget(self.check_button, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(caveats)
         plots = QHBoxLayout()
         self.misaligned_plot = pg.PlotWidget(title="Misaligned % vs strength")
         self.coherence_plot = pg.PlotWidget(title="Coherence vs strength")
@@ -972,12 +992,20 @@ class SweepsTab(QWidget):
         self.draw(result)
 
     def draw(self, result: dict) -> int:
-        """Draw a sweep's curves; returns the number of curves drawn (real and pooled controls)."""
+        """Draw a sweep's curves; returns the number of curves drawn (real and pooled controls). Without a
+        validated judge the curves are grey and marked so."""
+        from emgui.core.sweep import sweep_caveats
+
         drawn = 0
         for plot in (self.misaligned_plot, self.coherence_plot):
             plot.clear()
+        caveats = sweep_caveats(self.project, result) if self.project is not None else {"warnings": []}
+        valid = caveats.get("judge_valid") is True
+        self.shown_judge = caveats.get("judge")
+        set_notice(self.notice, [f"⚠ {w}" for w in caveats["warnings"]])
+        self.check_button.setVisible(not valid and bool(self.shown_judge))
         for i, curve in enumerate(result["curves"]):
-            color = PALETTE[i % len(PALETTE)]
+            color = PALETTE[i % len(PALETTE)] if valid else UNVALIDATED
             for points, dashed, suffix in (
                 (curve["points"], False, ""),
                 (curve.get("control_points") or [], True, " · random"),
@@ -997,6 +1025,8 @@ class SweepsTab(QWidget):
                 base["misaligned_pct"], angle=0, pen=pg.mkPen("#94a3b8", style=Qt.PenStyle.DotLine)
             )
             self.misaligned_plot.addItem(line)
+        if not valid:
+            mark_unvalidated(self.misaligned_plot)
         self.result_label.setText(
             f"{result.get('label') or 'sweep'} · model {result.get('model')} · method {result.get('method')} · "
             f"positions {result.get('positions')} · judge {result.get('judge')} · baseline misaligned "
@@ -1024,6 +1054,20 @@ class SweepsTab(QWidget):
                 pen=pg.mkPen(pen.color(), width=1),
             )
             plot.addItem(err)
+
+    def check_judge(self) -> int | None:
+        """Validate the judge that scored the shown sweep (one click: the same judge, the built-in panel)."""
+        from emgui.core.judgecheck import judge_params_from_id
+
+        if self.page.bridge is None or not getattr(self, "shown_judge", None):
+            return None
+        try:
+            job_id = self.page.bridge.submit("judge-check", judge_params_from_id(self.shown_judge))
+        except EmguiError as exc:
+            show_error(self, "Cannot check the judge", str(exc))
+            return None
+        self.status.setText(f"judge check #{job_id} queued")
+        return job_id
 
     # ----- submitting -----------------------------------------------------------------------------------
     def _numbers(self, text: str, kind: type) -> list:
