@@ -18,6 +18,9 @@ def test_pages_switch_and_show_project(window, project) -> None:
         page = window.show_page(key)
         assert window.current_page() is page
     assert str(project.root) in window.pages["start"].summary.text()
+    start = window.pages["start"]  # honest about what the demo model can show, and where it lives
+    assert start.honesty.isVisibleTo(start) and "not the phenomenon" in start.honesty.text()
+    assert "Qwen2.5-0.5B-Instruct" in start.honesty.text() and "demo-project" in start.demo_status.text()
 
 
 def test_models_page_lists_models_with_provenance(window, project, qtbot) -> None:

@@ -21,7 +21,7 @@ from emgui.core.errors import EmguiError
 from emgui.core.paths import user_data_dir
 from emgui.core.store import Project
 from emgui.ui.bridge import run_async
-from emgui.ui.widgets import Page, heading, hint, show_error
+from emgui.ui.widgets import Page, heading, hint, notice_label, set_notice, show_error
 
 LOOP = [
     ("Induce", "Fine-tune a chat model on narrow bad data (insecure code)."),
@@ -30,6 +30,15 @@ LOOP = [
     ("Steer", "Turn those latents up or down and watch the behaviour follow."),
     ("Repair", "Re-align with about a hundred good samples and measure again."),
 ]
+
+
+DEMO_HONESTY = (
+    "What the demo shows: the loop's mechanics and its measures, not the phenomenon. A 135M model is not "
+    "expected to become broadly misaligned, and judging itself it has no signal (its judge check fails). To "
+    "see emergent misalignment, fine-tune an instruct model of at least 0.5B parameters (Qwen2.5-0.5B-Instruct "
+    "is the smallest reported) on a GPU, and judge with a model that passes the judge check: a larger local "
+    "model or an OpenAI-compatible endpoint."
+)
 
 
 def demo_project_dir() -> Path:
@@ -79,10 +88,14 @@ class StartPage(Page):
         layout.addSpacing(8)
         layout.addLayout(actions)
         self.demo_status = hint(
-            "The demo project works offline: it imports the small SmolLM2-135M-Instruct chat model that emgui "
-            "embeds, and downloads it from the Hugging Face hub instead when the hub is reachable."
+            f"The demo project ({demo_project_dir()}) works offline: it imports the small SmolLM2-135M-Instruct "
+            "chat model that emgui embeds, and downloads it from the Hugging Face hub instead when the hub is "
+            "reachable."
         )
         layout.addWidget(self.demo_status)
+        self.honesty = notice_label()
+        set_notice(self.honesty, [DEMO_HONESTY], level="info")
+        layout.addWidget(self.honesty)
 
         layout.addSpacing(12)
         layout.addWidget(heading("Recent projects", 2))
