@@ -1,0 +1,73 @@
+"""The README's terminal loop runs as written: every `emgui run` line of it, through the real CLI, on a
+project whose SmolLM2-135M-Instruct is the tiny test model, with only the sizes shrunk (steps, tokens,
+examples) so that it takes seconds. Model names, job kinds, parameter names and their forms are the
+README's own, so a renamed parameter or a refused form fails here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Sizes only: the README's values take minutes on SmolLM2, these take seconds on the tiny model.
+SMALLER = {
+    "max_steps": "2", "max_len": "96", "tokens": "4000", "d_sae": "64", "max_examples": "8",
+    "dashboards": "2", "n_samples": "4", "save_at": "0,2,4", "n": "1", "max_new_tokens": "4",
+    "hook": "model.layers.1",  # the tiny model has 2 layers
+}  # fmt: skip
+EXTRA = {"sae-train": ["k=4", "batch_size=256", "ce_sequences=2"]}  # a 64-latent TopK SAE on 4k tokens
+
+
+def readme_loop() -> list[list[str]]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("The whole loop on the demo project, from a terminal")
+    block = re.search(r"```sh\n(.*?)```", text[start:], re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+def shrink(argv: list[str], project: str) -> list[str]:
+    out = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--param":
+            key, _, value = arg.partition("=")
+            arg = f"{key}={SMALLER.get(key, value)}"
+        out.append(project if arg == "demo" else arg)
+    kind = argv[3]
+    for extra in EXTRA.get(kind, []):
+        out += ["--param", extra]
+    return out
+
+
+def test_every_line_of_the_readme_loop_runs(project, tiny_model_dir, capsys) -> None:  # noqa: F811
+    from emgui.cli import main
+    from emgui.core.datasets import add_demo_datasets
+    from emgui.core.jobs import run_job
+
+    lines = readme_loop()
+    assert lines[0] == ["emgui", "new", "demo", "--demo"]  # stands for: the model and the generated datasets
+    register_tiny(project, "SmolLM2-135M-Instruct", tiny_model_dir)
+
+    def run(kind, params):
+        job = project.create_job(kind, {**params, "n": 16})
+        run_job(project, job)
+        return project.get_job(job)["result"]
+
+    add_demo_datasets(project, run)
+    kinds = []
+    for argv in lines[1:]:
+        assert argv[:3] == ["emgui", "run", "demo"], argv
+        kinds.append(argv[3])
+        code = main(shrink(argv, str(project.root))[1:])
+        out, err = capsys.readouterr()
+        assert code == 0, f"{' '.join(argv)}\n{err[-2000:]}"
+    assert {"finetune", "judge-check", "likelihood-probe", "sae-train", "diff", "realign", "evaluate"} <= set(kinds)
+    diff = project.list_jobs("diff")[-1]["result"]
+    assert diff["controlled"] is True and diff["control_model_id"] == project.get_model("secure-ft")["id"]
+    assert project.list_jobs("evaluate")[-1]["result"]["measures"]["likelihood"]["n_pairs"] == 30
