@@ -135,8 +135,8 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     )
     page.subset_n.setValue(5)
     page._derive({"op": "subset", "n": 5})
-    qtbot.waitUntil(lambda: page.table.rowCount() == 3, timeout=10000)
-    names = {page.table.item(r, 0).text() for r in range(3)}
+    qtbot.waitUntil(lambda: page.table.rowCount() == 4, timeout=10000)
+    names = {page.table.item(r, 0).text() for r in range(4)}
     assert any(n.endswith("-5-s0") for n in names)
 
 
