@@ -26,6 +26,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "packaging" / "emgui.spec"
@@ -45,12 +46,21 @@ def read_roots() -> dict[Path, Path]:
 
 
 def record_reads(workdir: Path, log: Path, python: str = sys.executable) -> None:
-    """Run the workload in a child Python whose sitecustomize records reads into `log`."""
+    """Run the workload in a child Python whose sitecustomize records reads into `log`. Its output is
+    shown only when it fails."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(OPENS)] + [p for p in [env.get("PYTHONPATH")] if p])
     env["EMGUI_OPEN_LOG"] = str(log)
     env["EMGUI_OPEN_ROOTS"] = os.pathsep.join(str(r) for r in read_roots())
-    subprocess.run([python, str(OPENS / "workload.py"), str(workdir)], env=env, check=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    output = workdir / "workload.out"
+    with output.open("w") as out:
+        run = subprocess.run(
+            [python, str(OPENS / "workload.py"), str(workdir)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    if run.returncode != 0:
+        tail = output.read_text(errors="replace").splitlines()[-60:]
+        raise SystemExit("the recorded run failed:\n" + "\n".join(tail))
 
 
 def parse_record(text: str, roots: dict[Path, Path]) -> tuple[set[str], set[str]]:
@@ -107,7 +117,8 @@ class _Analysis(SimpleNamespace):
 
 
 def spec_datas(spec: Path = SPEC) -> list[tuple[str, str]]:
-    """The `datas` the spec hands to Analysis, from running the spec with build steps stubbed out."""
+    """The `datas` the spec hands to Analysis, from running the spec with PyInstaller's build steps
+    replaced by stand-ins that only note their arguments."""
     captured: dict = {}
 
     def analysis(*args, **kwargs):
@@ -130,7 +141,12 @@ def spec_datas(spec: Path = SPEC) -> list[tuple[str, str]]:
         "EXE": noop,
         "COLLECT": noop,
     }
-    exec(compile(spec.read_text(), str(spec), "exec"), namespace)
+    # Hidden imports do not change the data files, and computing them imports every package in a
+    # child process (a minute here): the stand-in lists none.
+    import PyInstaller.utils.hooks as hooks
+
+    with mock.patch.object(hooks, "collect_submodules", lambda *args, **kwargs: []):
+        exec(compile(spec.read_text(), str(spec), "exec"), namespace)
     if "datas" not in captured:
         raise SystemExit(f"{spec} calls Analysis without datas=")
     return list(captured["datas"])
