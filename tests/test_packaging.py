@@ -238,3 +238,17 @@ def test_smoke_test_runs_job_kinds_that_exist() -> None:
     used = set(re.findall(r'emgui run "\$project" ([a-z-]+)', text))
     assert {"finetune", "sample", "judge", "sae-train", "diff", "persona-vector", "steer-sweep", "realign"} <= used
     assert used <= set(kinds())
+
+
+def test_smoke_test_stops_at_the_first_failing_step_and_keeps_its_log(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": "false"}  # the venv step fails at once
+    run = subprocess.run(
+        ["bash", str(PACKAGING / "smoke-test.sh"), "--work", str(tmp_path / "w")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert "FAILED at 'venv'" in run.stdout
+    assert not any(line.startswith("build") for line in run.stdout.splitlines())  # no later step ran
+    assert (tmp_path / "w" / "logs" / "00-venv.log").is_file()
