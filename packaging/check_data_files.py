@@ -39,10 +39,10 @@ CODE_SUFFIXES = {".py", ".pyc", ".pyi", ".pth", ".so", ".pyd", ".dylib", ".dll"}
 def read_roots() -> dict[Path, Path]:
     """Folders whose reads are recorded, each mapped to the folder its bundle paths are relative to:
     site-packages (bundle path = path inside site-packages) and resources/ (bundle path = resources/...)."""
-    roots = {Path(os.path.realpath(sysconfig.get_paths()[k])): None for k in ("purelib", "platlib")}
-    out = {root: root for root in roots}
-    out[Path(os.path.realpath(REPO / "resources"))] = Path(os.path.realpath(REPO))
-    return out
+    site = {Path(os.path.realpath(sysconfig.get_paths()[k])) for k in ("purelib", "platlib")}
+    roots = {folder: folder for folder in site}
+    roots[Path(os.path.realpath(REPO / "resources"))] = Path(os.path.realpath(REPO))
+    return roots
 
 
 def record_reads(workdir: Path, log: Path, python: str = sys.executable) -> None:
@@ -96,7 +96,7 @@ def _entry_point_files(loaded: set[tuple[str, str]], roots: dict[Path, Path]) ->
     for dist in distributions():
         if not any((ep.group, ep.value) in loaded for ep in dist.entry_points):
             continue
-        folder = Path(os.path.realpath(dist._path))  # noqa: SLF001 - no public API gives the dist-info folder
+        folder = Path(os.path.realpath(dist._path))  # no public API names the dist-info folder
         base = next((b for r, b in roots.items() if folder.is_relative_to(r)), None)
         if base is not None:
             out |= {(folder / n).relative_to(base).as_posix() for n in ("entry_points.txt", "METADATA")}
@@ -112,18 +112,15 @@ def _is_code(path: Path) -> bool:
     )
 
 
-class _Analysis(SimpleNamespace):
-    pass
-
-
 def spec_datas(spec: Path = SPEC) -> list[tuple[str, str]]:
     """The `datas` the spec hands to Analysis, from running the spec with PyInstaller's build steps
     replaced by stand-ins that only note their arguments."""
+    spec = spec.resolve()
     captured: dict = {}
 
     def analysis(*args, **kwargs):
         captured.update(kwargs)
-        return _Analysis(pure=[], scripts=[], binaries=[], datas=[], zipped_data=[])
+        return SimpleNamespace(pure=[], scripts=[], binaries=[], datas=[], zipped_data=[])
 
     def noop(*args, **kwargs):
         return None

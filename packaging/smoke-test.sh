@@ -38,10 +38,10 @@ project=$work/run/project
 echo "smoke test of the emgui bundle in $work"
 
 # ----------------------------------------------------------------------------------------------- steps
-names=() secs=()
+n_steps=0
 step() {  # step NAME COMMAND...: runs COMMAND with its output in logs/NN-NAME.log; stops on failure
     local name=$1; shift
-    local log; log=$work/logs/$(printf %02d ${#names[@]})-$name.log
+    local log; log=$work/logs/$(printf %02d "$n_steps")-$name.log
     local t0; t0=$(date +%s.%N)
     printf '%-20s' "$name"
     local rc=0
@@ -54,7 +54,7 @@ step() {  # step NAME COMMAND...: runs COMMAND with its output in logs/NN-NAME.l
         exit 1
     fi
     printf '%8s s\n' "$dt"
-    names+=("$name") secs+=("$dt")
+    n_steps=$((n_steps + 1))
 }
 
 make_venv() {
