@@ -246,6 +246,8 @@ def sample_job(params: dict, ctx: Any) -> dict:
 
 def _read_judge(p: Params, project: Any) -> dict:
     """The judge from parameters, falling back to the project's saved judge (setting 'judge')."""
+    from emgui.core.judges import JUDGE_METHODS
+
     saved = project.get_setting("judge", None) or {}
     kind = p.choice("judge", ("local", "openai"), saved.get("type", "local"))
     spec: dict[str, Any] = {
@@ -257,6 +259,8 @@ def _read_judge(p: Params, project: Any) -> dict:
         "workers": p.int("judge_workers", 4, min=1),
         "batch_size": p.int("judge_batch_size", 4, min=1),
         "prefix": p.str("judge_prefix", None),  # local judges; None: the project's setting
+        "method": p.choice("judge_method", JUDGE_METHODS, saved.get("method") or "auto"),  # API judges
+        "chat_template": p.str("judge_chat_template", saved.get("chat_template")),  # API judges: file or text
     }
     if saved.get("type", "local") == kind:
         for key in ("model", "base_url"):
