@@ -325,6 +325,9 @@ def test_methods_have_their_own_judge_ids(servers) -> None:
     assert len(set(ids.values())) == 3  # so cached scores of different methods never mix
     with pytest.raises(EmguiError, match="judge method 'digits'"):
         OpenAIJudge(server.base_url, "q", method="digits")
+    for bad in ("localhost:8000", "http://", "ftp://example.org/v1", "http://127.0.0.1:port/v1"):
+        with pytest.raises(EmguiError, match="must start with http:// or https:// and name a host"):
+            OpenAIJudge(bad, "q")
 
 
 def test_the_judge_method_parameter_reaches_the_judge(project, servers) -> None:

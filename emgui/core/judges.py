@@ -513,7 +513,10 @@ class OpenAIJudge(Judge):
         from emgui.core.judge_http import origin
 
         self.base_url = normalize_base_url(base_url)
-        scheme, host, _ = origin(self.base_url)
+        try:
+            scheme, host, _ = origin(self.base_url)
+        except ValueError:  # a port that is not a number
+            scheme = host = ""
         if scheme not in ("http", "https") or not host:
             raise EmguiError(
                 f"judge base URL '{base_url}' must start with http:// or https:// and name a host"
