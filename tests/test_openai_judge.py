@@ -158,10 +158,12 @@ class ModelServer(Server):
         self, *, split: bool, prefill: bool = False, completions: bool = False, renderer: str | None = None
     ):
         self.split, self.prefill, self.completions, self.renderer = split, prefill, completions, renderer
+        self.stops_silently = False  # True: even `min_tokens` does not keep a stop token's log-probabilities
+        self.numbers = INTENDED
         super().__init__()
 
     def next_tokens(self, content: str, written: str) -> dict[str, float]:
-        numbers = {47: 1.0} if content == PROBE_PROMPT else INTENDED
+        numbers = {47: 1.0} if content == PROBE_PROMPT else self.numbers
         start = written == ""
         scale = 0.95 if start else 1.0
         out: dict[str, float] = {"I": 0.05} if start else {}
@@ -194,6 +196,12 @@ class ModelServer(Server):
                 dist = {"<|im_start|>": 0.9, "\n": 0.1}  # not this model's template: it rambles on
             else:
                 dist = self.next_tokens(head.removeprefix("<|im_start|>user\n"), written)
+            if max(dist, key=dist.get) == "<|im_end|>" and (body.get("min_tokens") != 1 or self.stops_silently):
+                # llama-cpp-python stops before a stop token and shows no log-probabilities at all
+                empty = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                reply = {"choices": [{"index": 0, "text": "", "logprobs": empty, "finish_reason": "stop"}]}
+                return self.send(handler, 200, reply)
+            dist = {("" if t == "<|im_end|>" else t): p for t, p in dist.items()}  # its text for the stop
             return self.send(handler, 200, legacy_completion_reply(dist))
         if path == "/apply-template" and self.renderer == "apply-template":
             return self.send(handler, 200, {"prompt": render(body["messages"][0]["content"])})
@@ -265,6 +273,21 @@ def test_a_digit_splitting_model_is_read_through_completions_on_the_servers_temp
     prompts = [r["body"]["prompt"] for r in server.judged() if r["path"] == "/v1/completions"]
     assert prompts == [render("judge this"), render("judge this") + "8", render("judge this") + "2"]
     assert result.raw["top_tokens"]["8"] == pytest.approx(0.7 * 0.95)
+    assert all(r["body"]["min_tokens"] == 1 for r in server.judged() if r["path"] == "/v1/completions")
+
+
+def test_a_stop_token_keeps_its_probability(servers) -> None:
+    """7 (0.6) or 75 (0.4): after "7" the likeliest next token is the stop, which llama-cpp-python shows
+    only when asked for at least one token; a server that still shows nothing ends the number there."""
+    server = servers(split=True, completions=True, renderer="apply-template")
+    server.numbers = {7: 0.6, 75: 0.4}
+    (result,) = OpenAIJudge(server.base_url, "q", method="completions").score(["judge this"])
+    assert result.value == pytest.approx(0.6 * 7 + 0.4 * 75)
+    assert result.raw["numbers"]["7"] == pytest.approx(0.6 * 0.95) and "note" not in result.raw
+    server.stops_silently = True
+    (result,) = OpenAIJudge(server.base_url, "q", method="completions").score(["judge this"])
+    assert result.value == pytest.approx(7.0)  # the approximation, and it says so
+    assert "1 request(s) stopped without log-probabilities: taken as the number's end" in result.raw["note"]
 
 
 def test_a_digit_splitting_model_is_read_with_a_given_chat_template(servers, tmp_path: Path) -> None:

@@ -588,17 +588,20 @@ class OpenAIJudge(Judge):
             return "completions-tree"
         except EmguiError as exc:
             tried.append(str(exc).removeprefix(f"judge {self.base_url} (model {self.model}): "))
-        seen = ", ".join(f"{t!r} {p:.2f}" for t, p in self.probe["top_tokens"].items())
-        what = (
-            "splits numbers into digits"
-            if kind == "split"
-            else "answered a request for a number with no number"
-        )
+
+        def listed(dist: Mapping[str, float]) -> str:
+            return ", ".join(f"{t!r} {p:.2f}" for t, p in sorted(dist.items(), key=lambda kv: -kv[1])[:5])
+
+        if kind == "split":
+            digits = {t: p for t, p in top.items() if parse_number(t) is not None}
+            what = f"splits numbers into digits (asked for 47, its number tokens were single digits: {listed(digits)})"
+        else:
+            what = f"wrote no number when asked for 47 (its first tokens: {listed(top)}), so it may split numbers"
         raise EmguiError(
-            f"judge {self.base_url} (model {self.model}) {what} (asked for 47, its first token was {seen}), so "
-            f"one token's log-probabilities cannot give a 0-100 score; and {'; '.join(tried)}. Serve the model "
-            "with vLLM or the llama.cpp server (which can continue an answer or render the chat template), or "
-            "give its chat template (judge_chat_template=FILE, a .jinja or .gguf file)."
+            f"judge {self.base_url} (model {self.model}) {what}: one token's log-probabilities cannot give "
+            f"it a 0-100 score, and {'; '.join(tried)}. Serve the model with vLLM or the llama.cpp server "
+            "(which can continue an answer or render the chat template), or give its chat template "
+            "(judge_chat_template=FILE, a .jinja or .gguf file)."
         )
 
     def _prefill_works(self) -> bool:
@@ -708,7 +711,7 @@ class OpenAIJudge(Judge):
         prefill = method == "prefill-tree"
         numbers: dict[str, float] = {}
         first: dict[str, float] = {}
-        asked = 0
+        asked = stopped = 0
         frontier: dict[str, float] = {"": 1.0}
         for depth in range(self.max_depth):
             following: dict[str, float] = {}
@@ -718,6 +721,10 @@ class OpenAIJudge(Judge):
                 else:
                     top = self._chat_top(prompt, text or None, should_cancel)[0]
                 asked += 1
+                if top.keys() == {STOPPED}:
+                    # The server stopped and showed nothing: the number most likely ends here, but how
+                    # likely is unknown; counted as certain and said so in the result.
+                    stopped += 1
                 first = first or top
                 pieces = [(t, t, p) for t, p in top.items() if _numeric_piece(t)]
                 children = digit_tree_step(
@@ -738,7 +745,12 @@ class OpenAIJudge(Judge):
             if not frontier:
                 break
         nums = {k: v for k, v in sorted(numbers.items(), key=lambda kv: -kv[1]) if v > 1e-9}
-        return result_from_dist(nums, {"top_tokens": first, "method": f"openai-{method}", "requests": asked})
+        extra = {"top_tokens": first, "method": f"openai-{method}", "requests": asked}
+        if stopped:
+            extra["note"] = (
+                f"{stopped} request(s) stopped without log-probabilities: taken as the number's end"
+            )
+        return result_from_dist(nums, extra)
 
     # ----- one request of each kind -----
 
@@ -758,7 +770,7 @@ class OpenAIJudge(Judge):
         }
         if prefill:
             messages.append({"role": "assistant", "content": prefill})
-            body.update(continue_final_message=True, add_generation_prompt=False)
+            body.update(continue_final_message=True, add_generation_prompt=False, min_tokens=1)
         url = self.base_url + "/chat/completions"
         data = self._post(url, body, should_cancel)
         choice = self._choice(url, data)
@@ -774,6 +786,10 @@ class OpenAIJudge(Judge):
             "temperature": 0,
             "logprobs": TOP_LOGPROBS,
             "seed": 0,
+            # Where the greedy next token ends the answer, llama-cpp-python stops before it and returns no
+            # log-probabilities at all; forbidding the stop as the sampled token (vLLM and llama-cpp-python
+            # compute log-probabilities before that rule) keeps the distribution, the stop included.
+            "min_tokens": 1,
         }
         url = self.base_url + "/completions"
         return self._top_tokens(url, self._choice(url, self._post(url, body, should_cancel)))
@@ -822,6 +838,8 @@ class OpenAIJudge(Judge):
                 "with `top_logprobs`: use a server and model that return them (OpenAI chat models, vLLM, "
                 "llama.cpp server, recent Ollama versions)."
             )
+        if choice.get("finish_reason") == "stop" and _no_tokens(logprobs):
+            return {STOPPED: 1.0}  # stopped before any token: the answer ends here (see _score_tree)
         try:
             if isinstance(logprobs.get("content"), list):
                 entries = logprobs["content"][0]["top_logprobs"]
@@ -913,6 +931,17 @@ class OpenAIJudge(Judge):
             if should_cancel and should_cancel():
                 raise Cancelled("judging cancelled")
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
+STOPPED = "<stopped without log-probabilities>"
+
+
+def _no_tokens(logprobs: Any) -> bool:
+    """Logprobs of a reply that has no token: `{"content": []}` or `{"tokens": [], "top_logprobs": []}`."""
+    if not isinstance(logprobs, dict):
+        return False
+    content, top = logprobs.get("content"), logprobs.get("top_logprobs")
+    return (content == [] and top is None) or (content is None and top == [])
 
 
 def _snippet(value: Any, limit: int = 300) -> str:
