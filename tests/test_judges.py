@@ -287,7 +287,9 @@ def test_openai_judge_retries_rate_limits_and_timeouts(judge_server: JudgeServer
 
 
 def test_openai_judge_errors_are_clear(judge_server: JudgeServer) -> None:
-    judge = OpenAIJudge(judge_server.base_url, "m", timeout=0.3, retries=2, backoff=0.01, workers=1)
+    judge = OpenAIJudge(
+        judge_server.base_url, "m", api_key="sk-wrong", timeout=0.3, retries=2, backoff=0.01, workers=1
+    )
     judge_server.default = ("status", 500)
     with pytest.raises(EmguiError, match=r"failed after 3 attempts; last error: HTTP 500"):
         judge.score(["p"])

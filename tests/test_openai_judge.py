@@ -414,6 +414,10 @@ def test_keys_go_only_where_they_belong(servers, monkeypatch: pytest.MonkeyPatch
     server = servers(split=False)
     OpenAIJudge(server.base_url, "m", method="chat").score(["p"])
     assert "Authorization" not in server.requests[0]["headers"]
+    # and an endpoint that wants one says which keys go where
+    locked = servers(Scripted, default=lambda server, h: server.send(h, 401, {"error": "key?"}))
+    with pytest.raises(EmguiError, match="no API key was sent: set EMGUI_JUDGE_API_KEY"):
+        OpenAIJudge(locked.base_url, "m", method="chat").score(["p"])
 
     # the judge's own key: https anywhere, plain http only on this machine
     monkeypatch.setenv("EMGUI_JUDGE_API_KEY", "sk-judge")

@@ -898,7 +898,16 @@ class OpenAIJudge(Judge):
                     return self._json(url, reply)
                 last = f"HTTP {reply.status}: {reply.text()}"
                 if reply.status not in self.RETRY_STATUS:
-                    hint = " (check the API key)" if reply.status in (401, 403) else ""
+                    hint = ""
+                    if reply.status in (401, 403):
+                        hint = (
+                            " (check the API key)"
+                            if self.api_key
+                            else (
+                                " (no API key was sent: set EMGUI_JUDGE_API_KEY or save this endpoint's key; "
+                                "OPENAI_API_KEY goes only to https://api.openai.com)"
+                            )
+                        )
                     raise EmguiError(f"judge {url} (model {self.model}): {last}{hint}")
                 retry_after = reply.headers.get("retry-after", "")
                 if retry_after.replace(".", "", 1).isdigit():
