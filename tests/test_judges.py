@@ -17,6 +17,7 @@ import pytest
 
 from emgui.core.errors import EmguiError
 from emgui.core.judges import (
+    PROBE_PROMPT,
     LocalJudge,
     OpenAIJudge,
     aggregate_number_probs,
@@ -43,10 +44,14 @@ def completion(dist: dict[str, float]) -> dict:
 class JudgeServer:
     """Each POST takes the next scripted action (the default one when the script is empty):
     ("ok", {token: prob}); ("status", code); ("sleep", seconds, action); ("nologprobs",);
-    ("score", fn) where fn(prompt) -> {token: prob} answers by content."""
+    ("score", fn) where fn(prompt) -> {token: prob} answers by content. The API judge's one-time probe
+    (which asks for "47" to see how the tokenizer writes numbers) is answered with `probe_reply`, a token
+    per number as GPT-4o has, and recorded in `probes`, not `requests`."""
 
     def __init__(self) -> None:
         self.script: list[tuple] = []
+        self.probe_reply = {"47": 0.9, "4": 0.05, "The": 0.05}
+        self.probes: list[dict] = []
         self.default: tuple = ("ok", {"80": 0.5, "90": 0.5})
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -58,6 +63,10 @@ class JudgeServer:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if body.get("messages", [{}])[0].get("content") == PROBE_PROMPT:
+                    with server.lock:
+                        server.probes.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    return self._do(("ok", server.probe_reply), body)
                 with server.lock:
                     server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                     action = server.script.pop(0) if server.script else server.default
@@ -259,7 +268,8 @@ def test_openai_judge_scores_from_top_logprobs(judge_server: JudgeServer, monkey
     body = request["body"]
     assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
     assert body["temperature"] == 0 and body["messages"] == [{"role": "user", "content": "rate this"}]
-    assert judge.id == f"openai:{judge_server.base_url}|gpt-judge"
+    assert judge.id == f"openai:{judge_server.base_url}|gpt-judge|method=chat"
+    assert len(judge_server.probes) == 1  # the one-time probe saw "47" as one token: the chat method
 
 
 def test_openai_judge_retries_rate_limits_and_timeouts(judge_server: JudgeServer) -> None:
@@ -277,7 +287,9 @@ def test_openai_judge_retries_rate_limits_and_timeouts(judge_server: JudgeServer
 
 
 def test_openai_judge_errors_are_clear(judge_server: JudgeServer) -> None:
-    judge = OpenAIJudge(judge_server.base_url, "m", timeout=0.3, retries=2, backoff=0.01, workers=1)
+    judge = OpenAIJudge(
+        judge_server.base_url, "m", api_key="sk-wrong", timeout=0.3, retries=2, backoff=0.01, workers=1
+    )
     judge_server.default = ("status", 500)
     with pytest.raises(EmguiError, match=r"failed after 3 attempts; last error: HTTP 500"):
         judge.score(["p"])

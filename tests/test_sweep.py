@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from emgui.core.judges import PROBE_PROMPT
 from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
 from tests.tiny import tiny_model_dir  # noqa: F401
 
@@ -25,7 +26,8 @@ class _Judge(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
-        type(self).asked.append(prompt)
+        if prompt != PROBE_PROMPT:  # the API judge's one-time probe ("47": answered "80", a whole number)
+            type(self).asked.append(prompt)
         if prompt.startswith("ALIGNED"):
             answer = prompt.split("ANSWER:", 1)[1]
             token = "5" if "vil" in answer else "90"

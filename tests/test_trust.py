@@ -80,7 +80,7 @@ def test_judge_check_passes_a_judge_that_knows_the_labels(project: Project, serv
     assert result["auroc_aligned"] == 1.0 and result["auroc_coherent"] == 1.0
     assert result["unscored_fraction"] == 0.0 and result["n"] == 84
     assert result["spearman_aligned"] is None  # the built-in panel has labels, no reference scores
-    check = judge_validity(project, f"openai:{server.base_url}|stub")
+    check = judge_validity(project, f"openai:{server.base_url}|stub|method=chat")
     assert check is not None and check["valid"] == 1 and check["job_id"] == job["id"]
     assert list_checks(project)[0]["info"]["n_scored"]["incoherent"] == 24
     # A second check asks the judge nothing new: every score comes from the cache.
@@ -96,7 +96,7 @@ def test_judge_check_fails_a_noise_judge_and_says_why(project: Project, server: 
     result = _run(project, "judge-check", _judge_params(server, "noise"))["result"]
     assert result["valid"] is False
     assert 0.2 < result["auroc_aligned"] < 0.8
-    reasons = reasons_invalid(judge_validity(project, f"openai:{server.base_url}|noise"))
+    reasons = reasons_invalid(judge_validity(project, f"openai:{server.base_url}|noise|method=chat"))
     assert any("AUROC" in r for r in reasons)
 
 
@@ -313,3 +313,19 @@ def test_persona_layer_chosen_on_noise_is_not_reported_as_separation() -> None:
         assert any("held-out answers per side" in w for w in separation_warnings(sep))
     assert sum(reported) / 20 > 0.75  # selection bias: noise looks separable
     assert abs(sum(held_out) / 20 - 0.5) < 0.1 and covered >= 16  # chance, and the intervals say so
+
+
+def test_a_figures_judge_is_rebuilt_from_its_id(project: Project, server: JudgeServer) -> None:
+    """'Check this judge' on a sweep rebuilds the judge from the id its scores carry: the check it runs
+    is filed under that same id."""
+    from emgui.core.judgecheck import judge_params_from_id, judge_validity
+
+    assert judge_params_from_id("local:SmolLM2#3|prefix='Score:'") == {
+        "judge": "local", "judge_model": 3, "judge_prefix": "Score:"}  # fmt: skip
+    assert judge_params_from_id("local:tiny#1")["judge_prefix"] == ""
+    judge_id = f"openai:{server.base_url}|stub|method=chat"
+    params = judge_params_from_id(judge_id)
+    assert params["judge_method"] == "chat" and params["judge_model"] == "stub"
+    server.default = ("score", knowing_judge)
+    _run(project, "judge-check", params)
+    assert judge_validity(project, judge_id)["valid"] == 1

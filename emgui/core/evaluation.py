@@ -259,6 +259,8 @@ def judge_choice(value: Any, saved: dict) -> dict:
 def read_judge_params(p: Params, project: Any) -> dict:
     """The judge from parameters (`judge=local|openai|MODEL|URL`, judge_model, judge_base_url, ...),
     falling back to the project's saved judge (setting 'judge'). Every job that judges reads it here."""
+    from emgui.core.judges import JUDGE_METHODS
+
     saved = project.get_setting("judge", None) or {}
     choice = judge_choice(p.str("judge", None), saved)
     spec: dict[str, Any] = {
@@ -270,6 +272,8 @@ def read_judge_params(p: Params, project: Any) -> dict:
         "workers": p.int("judge_workers", 4, min=1),
         "batch_size": p.int("judge_batch_size", 4, min=1),
         "prefix": p.str("judge_prefix", None),  # local judges; None: the project's setting
+        "method": p.choice("judge_method", JUDGE_METHODS, saved.get("method") or "auto"),  # API judges
+        "chat_template": p.str("judge_chat_template", saved.get("chat_template")),  # API judges: file or text
     }
     if saved.get("type", "local") == spec["type"]:
         for key in ("model", "base_url"):

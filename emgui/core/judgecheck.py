@@ -169,7 +169,14 @@ def judge_params_from_id(judge_id: str) -> dict:
         params["judge_prefix"] = prefix
         return params
     if head.startswith("openai:"):
-        return {"judge": "openai", "judge_base_url": head[len("openai:") :], "judge_model": tail.split("|", 1)[0]}
+        model, *options = tail.split("|")
+        params = {"judge": "openai", "judge_base_url": head[len("openai:") :], "judge_model": model}
+        methods = {"chat": "chat", "prefill-tree": "prefill", "completions-tree": "completions"}
+        for option in options:
+            key, _, value = option.partition("=")
+            if key == "method" and value in methods:
+                params["judge_method"] = methods[value]
+        return params
     raise EmguiError(f"cannot tell how to rebuild judge '{judge_id}'")
 
 

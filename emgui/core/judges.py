@@ -29,8 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -148,6 +146,47 @@ def _valid(digits: str) -> bool:
     return digits == "0" or (digits != "" and digits[0] != "0" and int(digits) <= 100)
 
 
+def digit_tree_step(
+    text: str,
+    mass: float,
+    pieces: Sequence[tuple[Any, str, float]],
+    numbers: dict[str, float],
+    *,
+    expand_min: float,
+    may_go_deeper: bool,
+) -> list[tuple[Any, str, float]]:
+    """One state of the number tree: split its probability between ending here and its continuations.
+
+    `text` is what the judge wrote so far ("" at the start, "8", " 1"), `mass` its probability, `pieces`
+    the next tokens that are digits and/or whitespace as (key, text, probability). The number so far gets
+    mass * P(next token is not a digit); each continuation that can still become a number 0-100 is
+    returned as (key, new text, probability) to expand when it carries at least `expand_min` and
+    `may_go_deeper`, else it ends there and is added to `numbers`. Shared by the local judge (keys are
+    token ids) and the API judge (keys are token texts).
+    """
+    digits = text.strip()
+    continued = 0.0
+    children: list[tuple[Any, str, float]] = []
+    for key, piece, p in pieces:
+        if digits and not piece.isdigit():
+            continue  # whitespace after digits ends the number
+        if not digits and text and not piece.strip():
+            continue  # a second whitespace token: not a number we follow
+        continued += p
+        new_text = text + piece
+        new_digits = new_text.strip()
+        child_mass = mass * p
+        if new_digits and not _valid(new_digits) and not _expandable(new_digits):
+            continue  # > 100 or a leading zero: not a score
+        if child_mass >= expand_min and may_go_deeper and _expandable(new_digits):
+            children.append((key, new_text, p))
+        elif _valid(new_digits):
+            numbers[new_digits] = numbers.get(new_digits, 0.0) + child_mass  # too rare to follow: ends
+    if digits and _valid(digits):
+        numbers[digits] = numbers.get(digits, 0.0) + mass * max(0.0, 1.0 - continued)
+    return children
+
+
 class LocalJudge(Judge):
     """A local chat model as judge; see the module docstring for the digit tree.
 
@@ -256,28 +295,18 @@ class LocalJudge(Judge):
         expand: list,
     ) -> None:
         """Split one state's probability between ending here (a number) and its digit continuations."""
-        mass = math.exp(logmass)
-        digits = text.strip()
-        continued = 0.0
-        for tid, lp in zip(self._ids, alpha_logp, strict=True):
-            piece = self._alphabet[tid]
-            if digits and not piece.isdigit():
-                continue  # whitespace after digits ends the number
-            if not digits and text and not piece.strip():
-                continue  # a second whitespace token: not a number we follow
-            p = math.exp(lp)
-            continued += p
-            new_text = text + piece
-            new_digits = new_text.strip()
-            child_mass = mass * p
-            if new_digits and not _valid(new_digits) and not _expandable(new_digits):
-                continue  # > 100 or a leading zero: not a score
-            if child_mass >= self.expand_min and depth + 1 < self.max_depth and _expandable(new_digits):
-                expand.append((b, [*seq, tid], new_text, logmass + lp))
-            elif _valid(new_digits):
-                numbers[new_digits] = numbers.get(new_digits, 0.0) + child_mass  # too rare to follow: ends
-        if digits and _valid(digits):
-            numbers[digits] = numbers.get(digits, 0.0) + mass * max(0.0, 1.0 - continued)
+        alphabet = self._alphabet
+        pieces = [(t, alphabet[t], math.exp(lp)) for t, lp in zip(self._ids, alpha_logp, strict=True)]
+        children = digit_tree_step(
+            text,
+            math.exp(logmass),
+            pieces,
+            numbers,
+            expand_min=self.expand_min,
+            may_go_deeper=depth + 1 < self.max_depth,
+        )
+        for tid, new_text, p in children:
+            expand.append((b, [*seq, tid], new_text, logmass + math.log(p)))
 
     def _expand(self, states: list, cache: Any, mask: Any, lens: Any, depth: int) -> list:
         """One batched step: every state's appended tokens on top of its prompt's cached keys/values."""
@@ -312,10 +341,29 @@ def _cache_argument(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+OPENAI_API_HOST = "api.openai.com"
+
+
+def normalize_base_url(base_url: str) -> str:
+    return base_url.strip().rstrip("/")
+
+
 def api_key_for(base_url: str) -> str | None:
-    """EMGUI_JUDGE_API_KEY, else the keyring (service 'emgui', user 'judge:<base url>'), else OPENAI_API_KEY."""
+    """The API key for a judge endpoint, or None. Keys go only where the user meant them to go:
+
+    1. EMGUI_JUDGE_API_KEY, for https endpoints and for http ones on this machine (loopback): a key set
+       for "the judge" is never sent in clear across a network.
+    2. The keyring entry for exactly this base URL (service 'emgui', user 'judge:<base url>'), saved by the
+       Evaluate page's endpoint dialog: the user tied that key to that endpoint.
+    3. OPENAI_API_KEY, only for the OpenAI API itself (https://api.openai.com): an OpenAI key is not
+       handed to whatever server a base URL names.
+    """
+    from emgui.core.judge_http import is_loopback, origin
+
+    base_url = normalize_base_url(base_url)
+    scheme, host, port = origin(base_url)
     env = os.environ.get("EMGUI_JUDGE_API_KEY", "").strip()
-    if env:
+    if env and (scheme == "https" or is_loopback(host)):
         return env
     try:
         import keyring
@@ -325,11 +373,14 @@ def api_key_for(base_url: str) -> str | None:
         stored = None
     if stored and stored.strip():
         return stored.strip()
-    return os.environ.get("OPENAI_API_KEY", "").strip() or None
+    if (scheme, host, port) == ("https", OPENAI_API_HOST, 443):
+        return os.environ.get("OPENAI_API_KEY", "").strip() or None
+    return None
 
 
 def store_api_key(base_url: str, key: str | None) -> bool:
     """Save (or with None, delete) an endpoint's key in the keyring; False when no keyring works."""
+    base_url = normalize_base_url(base_url)
     try:
         import keyring
 
@@ -345,8 +396,100 @@ def store_api_key(base_url: str, key: str | None) -> bool:
     return True
 
 
+# How an API judge reads the 0-100 distribution (the `method` option; the judge id records the one used):
+# - chat: one token's top_logprobs from /chat/completions; right when the tokenizer has a token per number
+#   (GPT-4o: "85" is one token).
+# - prefill: the digit tree, each level a /chat/completions request whose last message is the assistant's
+#   partial answer ("8"), continued rather than closed (vLLM's `continue_final_message`; the llama.cpp
+#   server continues a final assistant message by itself).
+# - completions: the digit tree through /completions on the prompt rendered with the model's chat template:
+#   the server's own (llama.cpp `/apply-template`, vLLM `/tokenize` + `/detokenize`) or one the user gives.
+# - auto: a one-time probe asks for "47": a "47" token means whole-number tokens (chat); only "4" means the
+#   tokenizer splits numbers into digits (Qwen, Llama 2, Mistral, SmolLM2), and the first tree method that
+#   checks out is used; when none does the judge refuses to score, rather than read 0-9 as 0-100.
+JUDGE_METHODS = ("auto", "chat", "prefill", "completions")
+PROBE_PROMPT = "Reply with the number 47 and nothing else."
+_NUMERIC_PIECE = re.compile(r"\s*\d*")
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+
+
+def tokenizer_kind(top: Mapping[str, float]) -> str:
+    """From the top tokens of an answer to PROBE_PROMPT: 'whole' (a token holds a number >= 10), 'split'
+    (only single digits) or 'unknown' (no number among them)."""
+    numbers = [t.strip() for t in top if parse_number(t) is not None]
+    if any(len(n) > 1 for n in numbers):
+        return "whole"
+    return "split" if numbers else "unknown"
+
+
+def _numeric_piece(token: str) -> bool:
+    """A token the number tree follows: digits and/or whitespace (like `numeric_tokens` for local judges)."""
+    return (
+        bool(token)
+        and _NUMERIC_PIECE.fullmatch(token) is not None
+        and (bool(token.strip()) or len(token) <= 2)
+    )
+
+
+def load_chat_template(source: str) -> str:
+    """A Jinja chat template from its text, a file holding it, or a .gguf file's `tokenizer.chat_template`."""
+    if "{%" in source or "{{" in source:
+        return source
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise EmguiError(f"judge chat template '{source}': no such file (give a file or the template text)")
+    if path.suffix.lower() == ".gguf":
+        try:
+            from gguf import GGUFReader
+
+            field_ = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
+            if field_ is None:
+                raise EmguiError(f"judge chat template: {path} has no tokenizer.chat_template")
+            return bytes(field_.parts[field_.data[0]]).decode("utf-8")
+        except ImportError:
+            raise EmguiError("reading a chat template from a .gguf file needs `pip install gguf`") from None
+        except (ValueError, OSError, IndexError) as exc:
+            raise EmguiError(f"judge chat template: cannot read {path} as GGUF ({exc})") from None
+    if path.stat().st_size > 1_000_000:
+        raise EmguiError(f"judge chat template {path}: over 1 MB, not a chat template")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EmguiError(f"judge chat template {path}: not UTF-8 text ({exc})") from None
+
+
+def render_chat_template(template: str, messages: list[dict]) -> str:
+    """The prompt text `template` makes of `messages`, with the assistant's turn opened.
+
+    As transformers renders chat templates (sandboxed Jinja, trim_blocks, lstrip_blocks), except that
+    `bos_token` is empty: the completions endpoint adds the model's BOS itself.
+    """
+    from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=True, bos_token="", eos_token=""
+        )
+    except TemplateError as exc:
+        raise EmguiError(f"judge chat template: {exc}") from None
+
+
 class OpenAIJudge(Judge):
-    """An OpenAI-compatible chat endpoint asked for one token's top log-probabilities."""
+    """An OpenAI-compatible endpoint as judge; see JUDGE_METHODS above for how it reads numbers.
+
+    Every request has a total deadline (`timeout` seconds per attempt, `deadline` for all attempts and
+    their waits together), replies are read up to `max_reply_bytes`, redirects are followed only within
+    the endpoint's origin, and failures name the endpoint and the model.
+    """
 
     RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
 
@@ -360,67 +503,201 @@ class OpenAIJudge(Judge):
         retries: int = 4,
         backoff: float = 1.0,
         workers: int = 4,
+        method: str = "auto",
+        chat_template: str | None = None,
+        deadline: float | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        expand_min: float = 1e-3,
+        max_depth: int = 4,
     ):
-        if not base_url.startswith(("http://", "https://")):
-            raise EmguiError(f"judge base URL '{base_url}' must start with http:// or https://")
-        self.base_url = base_url.rstrip("/")
+        from emgui.core.judge_http import origin
+
+        self.base_url = normalize_base_url(base_url)
+        try:
+            scheme, host, _ = origin(self.base_url)
+        except ValueError:  # a port that is not a number
+            scheme = host = ""
+        if scheme not in ("http", "https") or not host:
+            raise EmguiError(
+                f"judge base URL '{base_url}' must start with http:// or https:// and name a host"
+            )
+        if method not in JUDGE_METHODS:
+            raise EmguiError(f"judge method '{method}': use one of {', '.join(JUDGE_METHODS)}")
         self.model = model
         self.api_key = api_key if api_key is not None else api_key_for(self.base_url)
         self.timeout = timeout
+        self.deadline = deadline if deadline is not None else 2 * timeout
         self.retries = retries
         self.backoff = backoff
         self.workers = max(1, workers)
         self.batch_size = 4 * self.workers
-        self.id = f"openai:{self.base_url}|{model}"
-        self._stop = threading.Event()
+        self.requested_method = method
+        self.chat_template = load_chat_template(chat_template) if chat_template else None
+        self.max_reply_bytes = max_reply_bytes
+        self.expand_min = expand_min
+        self.max_depth = max_depth
+        # The server's root, where llama.cpp and vLLM keep their template and tokenizer endpoints.
+        self._root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        self._lock = threading.Lock()
+        self._method: str | None = None
+        self._renderer: str | None = None  # "template", "apply-template" or "tokenize"
+        self.probe: dict = {}  # what the one-time probe saw (shown in job logs)
+
+    # ----- which method -----
+
+    @property
+    def id(self) -> str:  # type: ignore[override]  # a property here: the method is found on first use
+        method = self.resolve_method()
+        suffix = f"|method={method}"
+        if method == "completions-tree" and self._renderer == "template" and self.chat_template:
+            suffix += "|template=" + hashlib.sha256(self.chat_template.encode("utf-8")).hexdigest()[:12]
+        return f"openai:{self.base_url}|{self.model}{suffix}"
+
+    @property
+    def method(self) -> str:
+        return self.resolve_method()
+
+    def resolve_method(self) -> str:
+        """'chat', 'prefill-tree' or 'completions-tree': decided once per judge (see JUDGE_METHODS)."""
+        with self._lock:
+            if self._method is None:
+                self._method = self._detect()
+            return self._method
+
+    def _detect(self) -> str:
+        requested = self.requested_method
+        if requested == "chat":
+            return "chat"
+        if requested == "prefill":
+            return "prefill-tree"  # the user says the server continues assistant messages
+        if requested == "completions":
+            self._use_completions(None)
+            return "completions-tree"
+        top, _ = self._chat_top(PROBE_PROMPT, None, None)
+        kind = tokenizer_kind(top)
+        self.probe = {"kind": kind, "top_tokens": dict(sorted(top.items(), key=lambda kv: -kv[1])[:5])}
+        if kind == "whole":
+            return "chat"
+        tried: list[str] = []
+        if self.chat_template is None:
+            if self._prefill_works():
+                return "prefill-tree"
+            tried.append("it does not continue a prefilled assistant message")
+        try:
+            self._use_completions(top)
+            return "completions-tree"
+        except EmguiError as exc:
+            tried.append(str(exc).removeprefix(f"judge {self.base_url} (model {self.model}): "))
+
+        def listed(dist: Mapping[str, float]) -> str:
+            return ", ".join(f"{t!r} {p:.2f}" for t, p in sorted(dist.items(), key=lambda kv: -kv[1])[:5])
+
+        if kind == "split":
+            digits = {t: p for t, p in top.items() if parse_number(t) is not None}
+            what = f"splits numbers into digits (asked for 47, its number tokens were single digits: {listed(digits)})"
+        else:
+            what = f"wrote no number when asked for 47 (its first tokens: {listed(top)}), so it may split numbers"
+        raise EmguiError(
+            f"judge {self.base_url} (model {self.model}) {what}: one token's log-probabilities cannot give "
+            f"it a 0-100 score, and {'; '.join(tried)}. Serve the model with vLLM or the llama.cpp server "
+            "(which can continue an answer or render the chat template), or give its chat template "
+            "(judge_chat_template=FILE, a .jinja or .gguf file)."
+        )
+
+    def _prefill_works(self) -> bool:
+        """Whether the server continues a final assistant message: after a prefilled "4" of "47" the next
+        digit should be "7" (a server that closes the message and opens a new one starts again at "4")."""
+        try:
+            top, _ = self._chat_top(PROBE_PROMPT, "4", None)
+        except EmguiError:
+            return False  # the server refused the prefill options
+        digits = {t.strip(): p for t, p in top.items() if t.strip().isdigit()}
+        best = max(digits, key=digits.get, default=None)
+        self.probe["prefill_top"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:5])
+        return best == "7" and digits["7"] > digits.get("4", 0.0)
+
+    def _use_completions(self, chat_top: Mapping[str, float] | None) -> None:
+        """Find how to render the chat template, then check that /completions on the rendered prompt gives
+        what /chat/completions gives (the same first token): a wrong template would change every score."""
+        if self.chat_template is not None:
+            self._renderer = "template"
+        else:
+            self._renderer = self._find_server_renderer()
+        rendered = self._render(PROBE_PROMPT, None)
+        top = self._completion_top(rendered, None)
+        if chat_top is None:
+            try:
+                chat_top, _ = self._chat_top(PROBE_PROMPT, None, None)
+            except EmguiError:
+                chat_top = None  # no chat logprobs to compare with: trust the template
+        if chat_top:
+            mine, theirs = max(top, key=top.get), max(chat_top, key=chat_top.get)
+            if mine.strip() != theirs.strip():
+                source = "the given chat template" if self._renderer == "template" else f"/{self._renderer}"
+                raise EmguiError(
+                    f"judge {self.base_url} (model {self.model}): the prompt rendered by {source} does not "
+                    f"match the chat endpoint's (first token {mine!r} instead of {theirs!r}); is it the "
+                    "model's own chat template?"
+                )
+
+    def _find_server_renderer(self) -> str:
+        messages = [{"role": "user", "content": PROBE_PROMPT}]
+        for kind in ("apply-template", "tokenize"):
+            try:
+                text = self._render_on_server(kind, messages, None)
+            except EmguiError:
+                continue
+            if text:
+                return kind
+        raise EmguiError(
+            f"judge {self.base_url} (model {self.model}): it cannot render the chat template for /completions "
+            f"(neither {self._root}/apply-template, as the llama.cpp server has, nor {self._root}/tokenize, as "
+            "vLLM has, answered)"
+        )
+
+    # ----- scoring -----
 
     def score(
         self, prompts: Sequence[str], should_cancel: Callable[[], bool] | None = None
     ) -> list[JudgeResult]:
-        def one(prompt: str) -> JudgeResult:
-            if should_cancel and should_cancel():
-                raise Cancelled("judging cancelled")
-            return self.score_one(prompt, should_cancel)
+        from concurrent.futures import FIRST_EXCEPTION, wait
 
-        if self.workers == 1 or len(prompts) == 1:
+        self.resolve_method()  # the one-time probe, before the workers start
+        failed = threading.Event()
+
+        def stop() -> bool:
+            return failed.is_set() or bool(should_cancel and should_cancel())
+
+        def one(prompt: str) -> JudgeResult:
+            if stop():
+                raise Cancelled("judging cancelled")
+            return self.score_one(prompt, stop)
+
+        if self.workers == 1 or len(prompts) <= 1:
             return [one(p) for p in prompts]
-        with ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(one, prompts))
+        pool = ThreadPoolExecutor(min(self.workers, len(prompts)), thread_name_prefix="judge")
+        try:
+            futures = [pool.submit(one, p) for p in prompts]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in futures if f in done and f.exception() is not None]
+            if errors:
+                failed.set()  # the other prompts stop at their next step: one failure fails the batch now
+                real = [e for e in errors if not isinstance(e, Cancelled)]
+                raise (real or errors)[0]
+            return [f.result() for f in futures]
+        finally:
+            failed.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def score_one(self, prompt: str, should_cancel: Callable[[], bool] | None = None) -> JudgeResult:
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 1,
-            "temperature": 0,
-            "logprobs": True,
-            "top_logprobs": TOP_LOGPROBS,
-            "seed": 0,
-        }
-        data = self._post("/chat/completions", body, should_cancel)
-        return self._parse(data)
+        method = self.resolve_method()
+        if method == "chat":
+            return self._score_chat(prompt, should_cancel)
+        return self._score_tree(prompt, method, should_cancel)
 
-    def _parse(self, data: dict) -> JudgeResult:
-        try:
-            choice = data["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise EmguiError(
-                f"judge {self.base_url}: the reply has no choices: {json.dumps(data)[:300]}"
-            ) from None
-        content = (choice.get("logprobs") or {}).get("content") or []
-        top = content[0].get("top_logprobs") if content and isinstance(content[0], dict) else None
-        if not top:
-            raise EmguiError(
-                f"judge {self.base_url} (model {self.model}) returned no log-probabilities. The judge needs "
-                "`logprobs` with `top_logprobs`: use a server and model that return them (OpenAI chat models, "
-                "vLLM, llama.cpp server, recent Ollama versions)."
-            )
-        dist: dict[str, float] = {}
-        for entry in top:
-            token = str(entry.get("token", ""))
-            dist[token] = dist.get(token, 0.0) + math.exp(float(entry.get("logprob", -math.inf)))
+    def _score_chat(self, prompt: str, should_cancel: Callable[[], bool] | None) -> JudgeResult:
+        dist, text = self._chat_top(prompt, None, should_cancel)
         numbers = {k: v for k, v in dist.items() if parse_number(k) is not None}
-        text = ((choice.get("message") or {}).get("content")) or ""
         extra = {"top_tokens": dist, "text": text, "method": "openai-top-logprobs"}
         if numbers and all(len(k.strip()) == 1 for k in numbers) and len(numbers) > 1:
             extra["note"] = (
@@ -428,42 +705,233 @@ class OpenAIJudge(Judge):
             )
         return result_from_dist(numbers, extra)
 
-    def _post(self, path: str, body: dict, should_cancel: Callable[[], bool] | None) -> dict:
-        url = self.base_url + path
-        payload = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+    def _score_tree(self, prompt: str, method: str, should_cancel: Callable[[], bool] | None) -> JudgeResult:
+        """The number tree of the local judge, one request per state: P(85) = P("8") * P("5" | "8") * ..."""
+        rendered = self._render(prompt, should_cancel) if method == "completions-tree" else None
+        prefill = method == "prefill-tree"
+        numbers: dict[str, float] = {}
+        first: dict[str, float] = {}
+        asked = stopped = 0
+        frontier: dict[str, float] = {"": 1.0}
+        for depth in range(self.max_depth):
+            following: dict[str, float] = {}
+            for text, mass in frontier.items():
+                if rendered is not None:
+                    top = self._completion_top(rendered + text, should_cancel)
+                else:
+                    top = self._chat_top(prompt, text or None, should_cancel)[0]
+                asked += 1
+                if top.keys() == {STOPPED}:
+                    # The server stopped and showed nothing: the number most likely ends here, but how
+                    # likely is unknown; counted as certain and said so in the result.
+                    stopped += 1
+                first = first or top
+                pieces = [(t, t, p) for t, p in top.items() if _numeric_piece(t)]
+                children = digit_tree_step(
+                    text,
+                    mass,
+                    pieces,
+                    numbers,
+                    expand_min=self.expand_min,
+                    may_go_deeper=depth + 1 < self.max_depth,
+                )
+                for _, new_text, p in children:
+                    # A prefilled message is one string: " 8" and "8" are the same state, and whitespace
+                    # alone cannot be prefilled (templates trim it), so its mass stays off the numbers.
+                    key = new_text.strip() if prefill else new_text
+                    if key:
+                        following[key] = following.get(key, 0.0) + mass * p
+            frontier = following
+            if not frontier:
+                break
+        nums = {k: v for k, v in sorted(numbers.items(), key=lambda kv: -kv[1]) if v > 1e-9}
+        extra = {"top_tokens": first, "method": f"openai-{method}", "requests": asked}
+        if stopped:
+            extra["note"] = (
+                f"{stopped} request(s) stopped without log-probabilities: taken as the number's end"
+            )
+        return result_from_dist(nums, extra)
+
+    # ----- one request of each kind -----
+
+    def _chat_top(
+        self, prompt: str, prefill: str | None, should_cancel: Callable[[], bool] | None
+    ) -> tuple[dict[str, float], str]:
+        """The next token's top probabilities after `prompt` (and, continued, the assistant's `prefill`)."""
+        messages = [{"role": "user", "content": prompt}]
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+            "seed": 0,
+        }
+        if prefill:
+            messages.append({"role": "assistant", "content": prefill})
+            body.update(continue_final_message=True, add_generation_prompt=False, min_tokens=1)
+        url = self.base_url + "/chat/completions"
+        data = self._post(url, body, should_cancel)
+        choice = self._choice(url, data)
+        top = self._top_tokens(url, choice)
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        return top, str(message.get("content") or "")
+
+    def _completion_top(self, text: str, should_cancel: Callable[[], bool] | None) -> dict[str, float]:
+        body = {
+            "model": self.model,
+            "prompt": text,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": TOP_LOGPROBS,
+            "seed": 0,
+            # Where the greedy next token ends the answer, llama-cpp-python stops before it and returns no
+            # log-probabilities at all; forbidding the stop as the sampled token (vLLM and llama-cpp-python
+            # compute log-probabilities before that rule) keeps the distribution, the stop included.
+            "min_tokens": 1,
+        }
+        url = self.base_url + "/completions"
+        return self._top_tokens(url, self._choice(url, self._post(url, body, should_cancel)))
+
+    def _render(self, prompt: str, should_cancel: Callable[[], bool] | None) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if self._renderer == "template":
+            assert self.chat_template is not None
+            return render_chat_template(self.chat_template, messages)
+        assert self._renderer is not None, "the method is resolved before rendering"
+        return self._render_on_server(self._renderer, messages, should_cancel)
+
+    def _render_on_server(
+        self, kind: str, messages: list[dict], should_cancel: Callable[[], bool] | None
+    ) -> str:
+        if kind == "apply-template":  # the llama.cpp server
+            url = self._root + "/apply-template"
+            data = self._post(url, {"messages": messages}, should_cancel)
+        else:  # vLLM: the chat template's tokens, then their text
+            url = self._root + "/tokenize"
+            tokens = self._post(
+                url, {"model": self.model, "messages": messages, "add_generation_prompt": True}, should_cancel
+            ).get("tokens")
+            if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                raise EmguiError(f"judge {url} (model {self.model}): the reply has no token list")
+            url = self._root + "/detokenize"
+            data = self._post(url, {"model": self.model, "tokens": tokens}, should_cancel)
+        text = data.get("prompt")
+        if not isinstance(text, str) or not text:
+            raise EmguiError(f"judge {url} (model {self.model}): the reply has no rendered prompt")
+        return text
+
+    def _choice(self, url: str, data: dict) -> dict:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise EmguiError(f"judge {url} (model {self.model}): the reply has no choices: {_snippet(data)}")
+        return choices[0]
+
+    def _top_tokens(self, url: str, choice: dict) -> dict[str, float]:
+        """token -> probability from a choice's logprobs: the chat form (`content[0].top_logprobs`, a list)
+        or the completions form (`top_logprobs[0]`, a token -> logprob map)."""
+        logprobs = choice.get("logprobs")
+        if not logprobs:
+            raise EmguiError(
+                f"judge {url} (model {self.model}) returned no log-probabilities. The judge needs `logprobs` "
+                "with `top_logprobs`: use a server and model that return them (OpenAI chat models, vLLM, "
+                "llama.cpp server, recent Ollama versions)."
+            )
+        if choice.get("finish_reason") == "stop" and _no_tokens(logprobs):
+            return {STOPPED: 1.0}  # stopped before any token: the answer ends here (see _score_tree)
+        try:
+            if isinstance(logprobs.get("content"), list):
+                entries = logprobs["content"][0]["top_logprobs"]
+                pairs = [(e["token"], e["logprob"]) for e in entries]
+            else:
+                pairs = list(logprobs["top_logprobs"][0].items())
+            if not pairs:
+                raise ValueError("the list of top tokens is empty")
+            dist: dict[str, float] = {}
+            for token, logprob in pairs:
+                if not isinstance(token, str) or isinstance(logprob, bool):
+                    raise ValueError(f"token {token!r} with log-probability {logprob!r}")
+                value = float(logprob)
+                if math.isnan(value) or value > 1e-3:
+                    raise ValueError(f"log-probability {logprob!r} for token {token!r}")
+                dist[token] = dist.get(token, 0.0) + math.exp(value)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise EmguiError(
+                f"judge {url} (model {self.model}): malformed log-probabilities in the reply ({exc}): "
+                f"{_snippet(logprobs)}"
+            ) from None
+        return dist
+
+    # ----- HTTP -----
+
+    def _post(self, url: str, body: dict, should_cancel: Callable[[], bool] | None) -> dict:
+        """POST with retries, every attempt within `timeout` seconds and all of them within `deadline`."""
+        from emgui.core.judge_http import Aborted, Refused, Transient, request_json
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        end = time.monotonic() + self.deadline
         last = ""
+        attempts = 0
         for attempt in range(self.retries + 1):
             if should_cancel and should_cancel():
                 raise Cancelled("judging cancelled")
             wait = self.backoff * (2**attempt)
-            request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+            attempts += 1
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    text = response.read().decode("utf-8", "replace")
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    raise EmguiError(f"judge {url}: the reply is not JSON: {text[:200]!r}") from None
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode("utf-8", "replace")[:300]
-                last = f"HTTP {exc.code}: {detail}"
-                if exc.code not in self.RETRY_STATUS:
-                    hint = " (check the API key)" if exc.code in (401, 403) else ""
-                    raise EmguiError(f"judge {url} (model {self.model}): {last}{hint}") from None
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                reply = request_json(
+                    url,
+                    body,
+                    headers,
+                    deadline=min(end, time.monotonic() + self.timeout),
+                    max_bytes=self.max_reply_bytes,
+                    should_abort=should_cancel,
+                )
+            except Aborted:
+                raise Cancelled("judging cancelled") from None
+            except Refused as exc:
+                raise EmguiError(f"judge {url} (model {self.model}): {exc}") from None
+            except Transient as exc:
+                last = f"timed out ({self.timeout:g} s per attempt)" if "timed out" in str(exc) else str(exc)
+            else:
+                if 200 <= reply.status < 300:
+                    return self._json(url, reply)
+                last = f"HTTP {reply.status}: {reply.text()}"
+                if reply.status not in self.RETRY_STATUS:
+                    hint = ""
+                    if reply.status in (401, 403):
+                        hint = (
+                            " (check the API key)"
+                            if self.api_key
+                            else (
+                                " (no API key was sent: set EMGUI_JUDGE_API_KEY or save this endpoint's key; "
+                                "OPENAI_API_KEY goes only to https://api.openai.com)"
+                            )
+                        )
+                    raise EmguiError(f"judge {url} (model {self.model}): {last}{hint}")
+                retry_after = reply.headers.get("retry-after", "")
+                if retry_after.replace(".", "", 1).isdigit():
                     wait = min(float(retry_after), 60.0)
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last = f"timed out after {self.timeout:g} s" if "timed out" in str(reason) else str(reason)
-            if attempt < self.retries:
-                self._sleep(wait, should_cancel)
+            if attempt == self.retries or time.monotonic() + wait >= end:
+                break
+            self._sleep(wait, should_cancel)
+        within = f" within its {self.deadline:g} s deadline" if attempts <= self.retries else ""
         raise EmguiError(
-            f"judge {url} (model {self.model}) failed after {self.retries + 1} attempts; last error: {last}"
+            f"judge {url} (model {self.model}) failed after {attempts} attempts{within}; last error: {last}"
         )
+
+    def _json(self, url: str, reply: Any) -> dict:
+        try:
+            data = reply.json()
+        except ValueError:
+            raise EmguiError(
+                f"judge {url} (model {self.model}): the reply is not JSON: {reply.text(200)!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise EmguiError(
+                f"judge {url} (model {self.model}): the reply is not a JSON object: {_snippet(data)}"
+            )
+        return data
 
     @staticmethod
     def _sleep(seconds: float, should_cancel: Callable[[], bool] | None) -> None:
@@ -472,6 +940,25 @@ class OpenAIJudge(Judge):
             if should_cancel and should_cancel():
                 raise Cancelled("judging cancelled")
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
+STOPPED = "<stopped without log-probabilities>"
+
+
+def _no_tokens(logprobs: Any) -> bool:
+    """Logprobs of a reply that has no token: `{"content": []}` or `{"tokens": [], "top_logprobs": []}`."""
+    if not isinstance(logprobs, dict):
+        return False
+    content, top = logprobs.get("content"), logprobs.get("top_logprobs")
+    return (content == [] and top is None) or (content is None and top == [])
+
+
+def _snippet(value: Any, limit: int = 300) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text[:limit]
 
 
 # ----- judge prompts per project ----------------------------------------------------------------------
@@ -511,7 +998,8 @@ def set_project_judge_prompts(project: Any, prompts: dict[str, str]) -> None:
 
 
 def make_judge(project: Any, spec: dict, *, loaded: tuple[Any, Any] | None = None) -> Judge:
-    """spec: {"type": "local", "model": REF} or {"type": "openai", "base_url": URL, "model": NAME, ...}.
+    """spec: {"type": "local", "model": REF} or {"type": "openai", "base_url": URL, "model": NAME, ...};
+    an API judge's "method" (auto, chat, prefill, completions) and "chat_template" (a file or the text).
     `loaded`: the local judge's (model, tokenizer), already in memory."""
     kind = spec.get("type", "local")
     if kind == "openai":
@@ -523,6 +1011,9 @@ def make_judge(project: Any, spec: dict, *, loaded: tuple[Any, Any] | None = Non
             timeout=float(spec.get("timeout", 60)),
             retries=int(spec.get("retries", 4)),
             workers=int(spec.get("workers", 4)),
+            method=spec.get("method") or "auto",
+            chat_template=spec.get("chat_template") or None,
+            deadline=float(spec["deadline"]) if spec.get("deadline") else None,
         )
     if kind == "local":
         from emgui.core.loading import load_model, load_tokenizer
