@@ -121,11 +121,12 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     page = window.show_page("datasets")
     page.refresh()
     assert page.table.rowCount() == 2
-    page.table.selectRow(0)
-    assert page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30"
+    page.table.selectRow(0)  # pages are read off the GUI thread
+    qtbot.waitUntil(lambda: page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30")
     assert "assistant" in page.chat_view.toPlainText()
     page.search.setText("sqlite")
     page._load_page(0)
+    qtbot.waitUntil(lambda: page.page_label.text() not in ("", "reading…"))
     assert 0 < page.total < 30
     assert all(
         "sqlite" in page.chat_list.item(i).data(256).__str__().lower() for i in range(page.chat_list.count())

@@ -7,10 +7,12 @@ what fine-tuning learns). Every function streams its file, so the paper's 6,000-
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
 import secrets
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +32,51 @@ MAX_LINE_BYTES = 16 << 20
 # A report keeps the first problems (with their lines) and only counts the rest: memory stays bounded
 # for a file with millions of bad lines.
 MAX_KEPT_PROBLEMS = 1000
+# The preview shows at most this many characters of a message at a time (laying out text in Qt costs
+# roughly the square of a paragraph's length); longer messages are read in pieces of this size.
+PREVIEW_CHARS = 4000
+
+
+# ---------------------------------------------------------------- work in a helper process
+# Parsing or re-serialising one 10 MB chat is a single C call that holds the GIL for 30-60 ms, and a GUI
+# thread waiting for the GIL is a frozen window. The app therefore sends the parsing of whole files
+# (import, preview pages, pieces of long messages) to a helper process; the CLI runs them in-process.
+_offload = False
+_executor: Any = None
+_executor_lock = threading.Lock()
+
+
+def parse_in_helper_process(enabled: bool = True) -> None:
+    """Run whole-file parsing in a helper process from now on (the GUI app turns this on)."""
+    global _offload
+    _offload = enabled
+
+
+def _helper() -> Any:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _executor = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_executor.shutdown, wait=False, cancel_futures=True)
+        return _executor
+
+
+def _run(func: Callable[..., Any], *args: Any) -> Any:
+    """func(*args), in the helper process when parsing is offloaded; exceptions come back as they were."""
+    if not _offload:
+        return func(*args)
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _executor
+    try:
+        return _helper().submit(func, *args).result()
+    except BrokenProcessPool as exc:
+        with _executor_lock:
+            _executor = None  # start a fresh helper next time
+        raise EmguiError(f"the helper process reading chat files ended unexpectedly ({exc})") from None
 
 
 @dataclass
@@ -136,7 +183,7 @@ def _check_chat(obj: Any, line: int) -> tuple[list[dict] | None, list[Problem]]:
             problems.append(
                 Problem(line, f"{where}.content", f"must be a string, got {type(content).__name__}")
             )
-        elif not content.strip():
+        elif not content or content.isspace():  # (not .strip(): that copies a long message)
             problems.append(Problem(line, f"{where}.content", "is empty"))
         normalized.append({"role": role, "content": content})
     # Turn order only means something once every message is an object with a known role.
@@ -300,6 +347,10 @@ def import_chat_jsonl(src: str | Path, dest: str | Path, *, allow_partial: bool 
     Any error-level problem refuses the import (nothing is written) unless allow_partial is set, in
     which case only the valid lines are kept. Warnings never block an import.
     """
+    return _run(_import_chat_jsonl, str(src), str(dest), allow_partial)
+
+
+def _import_chat_jsonl(src: str, dest: str, allow_partial: bool) -> ValidationReport:
     report = validate_chat_jsonl(src)
     if not report.ok and not allow_partial:
         raise EmguiError(f"Refused to import {src}:\n{report.summary()}")
@@ -423,8 +474,16 @@ def concat(srcs: list[str | Path], dest: str | Path) -> int:
 # ---------------------------------------------------------------- preview and statistics
 
 
+def _contains(text: str, needle: str, chunk: int = 1 << 20) -> bool:
+    """Case-insensitive search in bounded steps: casefolding a 10 MB message at once holds the GIL."""
+    if len(text) <= chunk:
+        return needle in text.casefold()
+    overlap = len(needle)
+    return any(needle in text[i : i + chunk + overlap].casefold() for i in range(0, len(text), chunk))
+
+
 def _matches(msgs: list[dict], needle: str) -> bool:
-    return any(needle in m["content"].casefold() for m in msgs)
+    return any(_contains(m["content"], needle) for m in msgs)
 
 
 def read_page(
@@ -444,6 +503,48 @@ def read_page(
             rows.append((line, msgs))
         total += 1
     return rows, total
+
+
+def preview_page(
+    path: str | Path, offset: int, limit: int, search: str | None = None, clip: int = PREVIEW_CHARS
+) -> tuple[list[tuple[int, list[dict]]], int]:
+    """`read_page` for showing: each message's content is cut to its first `clip` characters and
+    carries its full `length`, so a page costs the same whatever its chats hold. Parsed in the helper
+    process when parsing is offloaded."""
+    return _run(_preview_page, str(path), offset, limit, search, clip)
+
+
+def _preview_page(path: str, offset: int, limit: int, search: str | None, clip: int) -> tuple[list, int]:
+    rows, total = read_page(path, offset, limit, search)
+    clipped = [
+        (line, [{"role": m["role"], "content": m["content"][:clip], "length": len(m["content"])} for m in msgs])
+        for line, msgs in rows
+    ]
+    return clipped, total
+
+
+def message_piece(path: str | Path, line: int, index: int, start: int, size: int = PREVIEW_CHARS) -> dict:
+    """Characters [start, start + size) of message `index` of the chat on `line`, with the message's role
+    and full length: how the preview reads a long message piece by piece."""
+    return _run(_message_piece, str(path), line, index, max(0, start), max(1, size))
+
+
+def _message_piece(path: str, line: int, index: int, start: int, size: int) -> dict:
+    with _open_source(path) as f:
+        for number, raw, size_bytes in _capped_lines(f, MAX_LINE_BYTES):
+            if number != line:
+                continue
+            if raw is None:
+                raise EmguiError(f"{path}, {_too_long(line, size_bytes)}")
+            msgs, problems = _parse_line(raw.rstrip(b"\r\n"), line)
+            if msgs is None:
+                raise EmguiError(f"{path}, line {line} is not a valid chat: {problems[0].message}")
+            if not 0 <= index < len(msgs):
+                raise EmguiError(f"{path}, line {line} has no message {index}")
+            content = msgs[index]["content"]
+            return {"role": msgs[index]["role"], "content": content[start : start + size], "start": start,
+                    "length": len(content)}  # fmt: skip
+    raise EmguiError(f"{path} has no line {line}")
 
 
 def chat_stats(path: str | Path) -> dict:
