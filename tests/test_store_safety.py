@@ -168,6 +168,35 @@ def test_a_users_own_model_folder_is_never_deleted(project: Project, tmp_path: P
     assert (outside / "model.safetensors").is_file()
 
 
+def test_directions_and_saes_delete_only_files_they_alone_own(project: Project, tmp_path: Path) -> None:
+    from emgui.core.saes import delete_sae, import_folder
+    from emgui.core.steering import delete_direction
+
+    folder = project.artifacts_dir / "directions"
+    folder.mkdir()
+    shared, outside = folder / "d.safetensors", tmp_path / "mine.safetensors"
+    for path in (shared, outside):
+        path.write_bytes(b"x")
+    for name, path in (("a", shared), ("b", shared), ("c", outside)):
+        project.insert("directions", {"name": name, "kind": "mean-diff", "hook_name": "model.layers.0",
+                                      "path": project.relpath(path), "created_at": 0})  # fmt: skip
+    delete_direction(project, "a")
+    assert shared.exists()  # b still points at it
+    delete_direction(project, "b")
+    assert not shared.exists()
+    delete_direction(project, "c")
+    assert outside.exists()  # not inside artifacts/: the user's own file
+
+    sae_id = import_folder(project, _sae_folder(tmp_path / "s"), name="s")
+    sae_folder = project.abspath(project.query_one("SELECT path FROM saes WHERE id = ?", [sae_id])["path"])
+    project.insert("saes", {"name": "alias", "path": project.relpath(sae_folder), "hook_name": "model.layers.1",
+                            "source": "folder", "created_at": 0})  # fmt: skip
+    delete_sae(project, "s")
+    assert (sae_folder / "cfg.json").is_file()
+    delete_sae(project, "alias")
+    assert not sae_folder.exists()
+
+
 def test_cli_delete_asks_for_confirmation(tmp_path: Path, model_files) -> None:
     root = tmp_path / "proj"
     assert _cli("new", str(root)).returncode == 0
