@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # a frozen build's helper processes (chat parsing) start through here
     args = build_parser().parse_args(argv)
     if args.command is None:
         return cmd_gui(args)
