@@ -7,7 +7,7 @@ or renders a screenshot.
 from __future__ import annotations
 
 import argparse
-import json
+import sqlite3
 import sys
 import threading
 import time
@@ -15,6 +15,7 @@ from typing import Any
 
 from emgui import __version__
 from emgui.core.errors import EmguiError
+from emgui.core.params import dumps_strict
 
 
 def _print_err(text: str) -> None:
@@ -51,30 +52,45 @@ class _StderrReporter:
 
 
 def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = None) -> dict:
-    """Run a job in this process with progress on stderr. Ctrl-C cancels it cleanly. Raises EmguiError
-    unless it succeeds; returns the job row."""
+    """Run a job in this process with progress on stderr. Raises EmguiError unless it succeeds; returns
+    the job row.
+
+    Ctrl-C cancels the job, waits until it has stopped (it keeps its last checkpoint and ends `cancelled`),
+    then raises KeyboardInterrupt (exit status 130). The main thread waits on an Event, never in
+    `Thread.join`: on Python 3.10-3.12 a KeyboardInterrupt inside `join` marks the still-running thread as
+    finished, and a process that then exits while the worker is inside torch dies with SIGABRT."""
     from emgui.core.jobs import get_kind, run_job
 
+    project.check_writable("run jobs")
     if job_id is None:
         get_kind(kind)
         job_id = project.create_job(kind, params)
     cancel = threading.Event()
+    finished = threading.Event()
     reporter = _StderrReporter()
-    worker = threading.Thread(
-        target=run_job,
-        args=(project, job_id),
-        kwargs={"cancel_event": cancel, "listener": reporter},
-        daemon=True,
-    )
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        _print_err(f"\ncancelling job {job_id}...")
-        cancel.set()
-        worker.join()
+
+    def work() -> None:
+        try:
+            run_job(project, job_id, cancel_event=cancel, listener=reporter)
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, daemon=True, name=f"emgui-job-{job_id}").start()
+    interrupted = False
+    while not finished.is_set():
+        try:
+            finished.wait(0.2)
+        except KeyboardInterrupt:
+            if not interrupted:
+                _print_err(f"\ncancelling job {job_id}: waiting for it to stop (its last checkpoint is kept)...")
+            else:
+                _print_err(f"still waiting for job {job_id} to stop...")
+            interrupted = True
+            cancel.set()
     job = project.get_job(job_id)
+    if interrupted and job["status"] != "succeeded":
+        _print_err(f"job {job_id} {job['status']}; resume it with `emgui resume {project.root} {job_id}`")
+        raise KeyboardInterrupt
     if job["status"] != "succeeded":
         detail = job["error"] or job["message"]
         raise EmguiError(f"job {job_id} ({job['kind']}) {job['status']}: {detail}")
@@ -85,6 +101,25 @@ def _open(path: str) -> Any:
     from emgui.core.store import Project
 
     return Project.open(path)
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    """Ask on the terminal; without one, only --yes confirms (a script must say so explicitly)."""
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise EmguiError(f"{question} Pass --yes to confirm (no terminal to ask on)")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _one_line(text: Any) -> str:
+    """A value for one line of a terminal table: newlines and other control characters become spaces
+    (a job message with newlines must not break the table, nor an escape sequence reach the terminal)."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text or ""))
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -125,7 +160,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.models_cmd == "list":
         models = project.list_models()
         if args.json:
-            print(json.dumps(models, indent=2))
+            print(dumps_strict(models, indent=2))
         else:
             for m in models:
                 size = (m["size_bytes"] or 0) / 1e6
@@ -134,8 +169,19 @@ def cmd_models(args: argparse.Namespace) -> int:
                 )
             print(f"total {disk_use(project)['total'] / 1e6:.1f} MB")
     elif args.models_cmd == "delete":
-        freed = project.delete_model(args.model)
-        print(f"deleted model '{args.model}', freed {freed / 1e6:.1f} MB")
+        project.check_writable("delete models")
+        model = project.get_model(args.model)
+        owned = project.model_owns_files(model)
+        what = (
+            f"and its files ({(model['size_bytes'] or 0) / 1e6:.1f} MB in {project.model_path(model)})"
+            if owned
+            else f"(its files in {project.model_path(model)} are not the project's alone and stay)"
+        )
+        if not _confirm(f"Delete model '{model['name']}' {what}?", args.yes):
+            print("nothing deleted")
+            return 1
+        freed = project.delete_model(model["id"])
+        print(f"deleted model '{model['name']}', freed {freed / 1e6:.1f} MB")
     return 0
 
 
@@ -145,7 +191,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
         report = validate_chat_jsonl(args.file)
         print(report.summary(limit=args.limit))
-        return 0 if not report.errors else 1
+        return 0 if report.ok and report.n_valid else 1  # an empty file is no dataset (`add` refuses it)
     project = _open(args.project)
     if args.datasets_cmd == "add":
         params: dict[str, Any] = {"source": args.source}
@@ -160,7 +206,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     elif args.datasets_cmd == "list":
         datasets = project.list_datasets()
         if args.json:
-            print(json.dumps(datasets, indent=2))
+            print(dumps_strict(datasets, indent=2))
         else:
             for d in datasets:
                 print(
@@ -182,9 +228,7 @@ def _compact(value: Any, limit: int = 12) -> Any:
 
 def _print_result(job: dict, full: bool) -> None:
     result = job["result"] if full else _compact(job["result"])
-    print(
-        json.dumps({"job": job["id"], "status": job["status"], "result": result}, indent=None if full else 2)
-    )
+    print(dumps_strict({"job": job["id"], "status": job["status"], "result": result}, indent=None if full else 2))
 
 
 def _print_warnings(result: Any) -> None:
@@ -219,12 +263,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     project = _open(args.project)
     jobs = project.list_jobs()
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        print(dumps_strict(jobs, indent=2))
         return 0
     for j in jobs:
         took = (j["ended_at"] or time.time()) - j["started_at"] if j["started_at"] else 0
         print(
-            f"{j['id']:>4}  {j['kind']:<16} {j['status']:<12} {j['progress'] * 100:5.1f}%  {took:7.1f} s  {j['message']}"
+            f"{j['id']:>4}  {_one_line(j['kind']):<16} {j['status']:<12} {j['progress'] * 100:5.1f}%  {took:7.1f} s  "
+            f"{_one_line(j['message'])}"
         )
     return 0
 
@@ -280,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("list")
     m.add_argument("project")
     m.add_argument("--json", action="store_true")
-    m = msub.add_parser("delete")
+    m = msub.add_parser("delete", help="remove a model; its files go too when the project alone owns them")
     m.add_argument("project")
     m.add_argument("model", help="model name or id")
+    m.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("datasets", help="add, list or check datasets")
@@ -338,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # a frozen build's helper processes (chat parsing) start through here
     args = build_parser().parse_args(argv)
     if args.command is None:
         return cmd_gui(args)
@@ -345,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EmguiError as exc:
         _print_err(f"emgui: error: {exc}")
+        return 1
+    except sqlite3.DatabaseError as exc:  # damage SQLite finds only when a query reaches it
+        _print_err(f"emgui: error: the project database project.db is damaged or unreadable ({exc})")
         return 1
     except KeyboardInterrupt:
         _print_err("emgui: interrupted")

@@ -316,6 +316,7 @@ class JobManager:
                 traceback.print_exc()
 
     def submit(self, kind: str, params: dict | None = None) -> int:
+        self.project.check_writable("run jobs")
         get_kind(kind)  # unknown kinds fail here, before a row exists
         job_id = self.project.create_job(kind, params or {})
         self._start(job_id)
@@ -323,6 +324,7 @@ class JobManager:
 
     def resume(self, job_id: int) -> int:
         """Run an interrupted, failed or cancelled job again under the same id, from its last checkpoint."""
+        self.project.check_writable("run jobs")
         prepare_resume(self.project, job_id)
         self._start(job_id)
         return job_id

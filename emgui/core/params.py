@@ -7,6 +7,7 @@ Parameters arrive as JSON from the store, or as strings from `--param KEY=VALUE`
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from emgui.core.errors import EmguiError
@@ -27,6 +28,23 @@ def parse_cli_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with NaN and ±Infinity replaced by None, so that `json.dumps(..., allow_nan=False)` gives
+    strict JSON (what `--json` promises) even for rows written before such values were refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser accepts: no NaN or Infinity tokens."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
 
 
 def parse_cli_params(pairs: list[str]) -> dict[str, Any]:
@@ -86,10 +104,14 @@ class Params:
         value = self._get(key, default)
         if value is None:
             return None
+        if isinstance(value, bool):  # `lr=true` is a typo, not 1.0
+            raise self._fail(key, "a number", value)
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise self._fail(key, "a number", value) from None
+        if not math.isfinite(number):  # NaN compares false with every bound and would slip through them
+            raise self._fail(key, "a finite number", value)
         self._check_range(key, number, min, max)
         return number
 
@@ -113,6 +135,8 @@ class Params:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if value is not None and not isinstance(value, list):
             raise self._fail(key, "a list", value)
+        if value is not None and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise self._fail(key, "a list of finite numbers", value)
         return value
 
     def _check_range(self, key: str, value: float, lo: float | None, hi: float | None) -> None:

@@ -81,8 +81,10 @@ def parse_persona(text: str, source: str) -> Persona:
     """A persona from YAML text; errors name the file and the field."""
     import yaml
 
+    from emgui.core.safeyaml import load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, source)  # bounded: a user's file may hold an alias bomb
     except yaml.YAMLError as exc:
         raise EmguiError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
@@ -876,9 +878,7 @@ def write_filtered(
         drop = {r["line"] for r in ranking if r["projection"] is not None and r["projection"] >= threshold}
     screened = {r["line"] for r in ranking}
     keep = [msgs for line, msgs in iter_valid_chats(source) if line in screened and line not in drop]
-    folder = project.artifacts_dir / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / f"{name}.jsonl"
+    dest = project.reserve_path("datasets", name, ".jsonl")  # a file of its own, whatever the name
     n = write_chats(dest, keep)
     return project.add_dataset(
         name=name,

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from emgui.core.activations import is_residual, layer_index, parse_hook
 from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.params import Params
-from emgui.core.store import Project
+from emgui.core.store import Project, remove_path, replace_reserved
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -180,24 +180,41 @@ def save_and_register(
 ) -> int:
     """Save an in-memory sae-lens SAE into the project (sae-lens's format) and register it."""
     _check_name_free(project, name)
-    folder = saes_dir(project) / slug(name)
-    if folder.exists():
-        shutil.rmtree(folder)  # left by an earlier failed attempt under the same name
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_model(tmp)
-    tmp.rename(folder)
-    return register_sae(
-        project, folder, name=name, source=source, model_id=model_id, job_id=job_id, info=info
+    tmp = project.temp_path("saes", directory=True)
+    try:
+        sae.save_model(tmp)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return _place_and_register(
+        project, tmp, name=name, source=source, model_id=model_id, job_id=job_id, info=info
     )
 
 
+def _place_and_register(project: Project, tmp: Path, *, name: str, **fields: Any) -> int:
+    """Move a finished SAE folder from its temporary name to a folder of its own (never one another row
+    points at, whatever the names slug to) and register it; nothing is left behind if that fails."""
+    folder = None
+    try:
+        folder = project.reserve_path("saes", name, directory=True)
+        replace_reserved(tmp, folder)
+        return register_sae(project, folder, name=name, **fields)
+    except BaseException:
+        remove_path(tmp)
+        if folder is not None:
+            remove_path(folder)
+        raise
+
+
 def delete_sae(project: Project, ref: int | str) -> None:
+    """Remove an SAE row, and its folder when this row alone owns it inside artifacts/."""
+    project.check_writable("delete SAEs")
     row = get_sae(project, ref)
     path = project.abspath(row["path"])
+    owned = path.is_dir() and project.owns_path(path, row=("saes", row["id"]))
     with project.transaction() as conn:
         conn.execute("DELETE FROM saes WHERE id = ?", [row["id"]])
-    if path.is_dir() and path.resolve().is_relative_to(project.root):
+    if owned:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -495,19 +512,20 @@ def import_folder(
     row = {"name": name, "hook_name": hook, "d_in": cfg["d_in"]}
     if model_row is not None:
         check_fits_config(project, row, model_row)
-    dest = saes_dir(project) / slug(name)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for file in (CFG_FILE, WEIGHTS_FILE):
-        shutil.copy2(src / file, dest / file)
-    for extra in src.glob("*.safetensors"):  # e.g. sparsity.safetensors: small and useful
-        if extra.name != WEIGHTS_FILE:
-            shutil.copy2(extra, dest / extra.name)
-    if hook != cfg.get("metadata", {}).get("hook_name"):  # keep cfg.json in step with the row
-        cfg.setdefault("metadata", {})["hook_name"] = hook
-        (dest / CFG_FILE).write_text(json.dumps(cfg), encoding="utf-8")
-    return register_sae(
+    dest = project.temp_path("saes", directory=True)
+    try:
+        for file in (CFG_FILE, WEIGHTS_FILE):
+            shutil.copy2(src / file, dest / file)
+        for extra in src.glob("*.safetensors"):  # e.g. sparsity.safetensors: small and useful
+            if extra.name != WEIGHTS_FILE:
+                shutil.copy2(extra, dest / extra.name)
+        if hook != cfg.get("metadata", {}).get("hook_name"):  # keep cfg.json in step with the row
+            cfg.setdefault("metadata", {})["hook_name"] = hook
+            (dest / CFG_FILE).write_text(json.dumps(cfg), encoding="utf-8")
+    except BaseException:
+        remove_path(dest)
+        raise
+    return _place_and_register(
         project,
         dest,
         name=name,
@@ -812,6 +830,30 @@ def evaluate_sae(sae: Any, acts: Any, batch: int = 4096) -> dict:
     }
 
 
+def _save_and_evaluate(
+    ctx: Any, sae: Any, folder: Path, s: dict, sae_device: str, acts: Any, ce_seqs: list, model: Any,
+    model_row: dict, hook: str, d_in: int, pad_id: int,
+) -> dict:  # fmt: skip
+    """Save the trained SAE into `folder` and measure exactly what was written."""
+    from sae_lens import SAE
+
+    from emgui.core.activations import layers_path, width_at
+    from emgui.core.loading import load_model
+
+    sae.save_inference_model(folder)
+    saved = SAE.load_from_disk(str(folder), device=sae_device)
+    info: dict[str, Any] = evaluate_sae(saved, acts)
+    if ce_seqs:
+        ctx.progress(0.95, "measuring CE loss recovered")
+        if model is None:
+            model = load_model(ctx.project, model_row, device=s["device"], dtype=s["dtype"])
+        if width_at(model, hook) != d_in:
+            raise EmguiError(f"sae-train: the activation width at {hook} changed since caching")
+        info.update(_ce_losses(model, saved, hook, ce_seqs, pad_id, str(next(model.parameters()).device)))
+    info["layers_path"] = layers_path(model) if model is not None else None
+    return info
+
+
 def train_job(params: dict, ctx: Any) -> dict:
     """`sae-train`: cache activations at a hook of a local model over a corpus, train an SAE on them with
     sae-lens's classes, save it in sae-lens's format and register it with EV, L0 and CE loss recovered."""
@@ -820,7 +862,7 @@ def train_job(params: dict, ctx: Any) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from emgui.core.activations import corpus_items, layers_path, resolve_module, width_at
+    from emgui.core.activations import corpus_items, resolve_module
     from emgui.core.loading import load_model, load_tokenizer
 
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -896,21 +938,13 @@ def train_job(params: dict, ctx: Any) -> dict:
     with torch.no_grad():
         sae.fold_activation_norm_scaling_factor(scale)
         fold_decoder_norms(sae)
-    folder = saes_dir(project) / slug(name)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_inference_model(tmp)
-    from sae_lens import SAE
-
-    saved = SAE.load_from_disk(str(tmp), device=sae_device)  # evaluate exactly what was written
-    info: dict[str, Any] = evaluate_sae(saved, eval_acts if n_eval else train_acts)
-    if ce_seqs:
-        ctx.progress(0.95, "measuring CE loss recovered")
-        if model is None:
-            model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
-        if width_at(model, hook) != d_in:
-            raise EmguiError(f"sae-train: the activation width at {hook} changed since caching")
-        info.update(_ce_losses(model, saved, hook, ce_seqs, pad_id, str(next(model.parameters()).device)))
+    tmp = project.temp_path("saes", directory=True)  # moved to a folder of its own once evaluated
+    try:
+        info = _save_and_evaluate(ctx, sae, tmp, s, sae_device, eval_acts if n_eval else train_acts, ce_seqs, model,
+                                  model_row, hook, d_in, pad_id)  # fmt: skip
+    except BaseException:
+        remove_path(tmp)
+        raise
     info.update(
         {
             "tokens_trained": steps * s["batch_size"],
@@ -921,15 +955,11 @@ def train_job(params: dict, ctx: Any) -> dict:
             "settings": {
                 k: s[k] for k in ("architecture", "k", "l1_coefficient", "l0_coefficient", "lr", "batch_size")
             },
-            "layers_path": layers_path(model) if model is not None else None,
         }
     )
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    sae_id = register_sae(
+    sae_id = _place_and_register(
         project,
-        folder,
+        tmp,
         name=name,
         source="trained",
         model_id=model_row["id"],

@@ -679,11 +679,13 @@ def list_directions(project: Any, model_id: int | None = None) -> list[dict]:
 
 
 def delete_direction(project: Any, ref: int | str) -> None:
+    """Remove a direction, and its file when this row alone owns it inside artifacts/."""
     row = get_direction_row(project, ref)
+    path = project.abspath(row["path"])
+    owned = path.is_file() and project.owns_path(path, row=("directions", row["id"]))
     with project.transaction() as conn:
         conn.execute("DELETE FROM directions WHERE id = ?", [row["id"]])
-    path = project.abspath(row["path"])
-    if path.is_file() and path.resolve().is_relative_to(project.root):
+    if owned:
         path.unlink()
 
 

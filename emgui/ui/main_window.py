@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from emgui.core.errors import EmguiError
 from emgui.core.paths import resource
 from emgui.core.store import Project
 from emgui.ui.bridge import JobBridge, run_async
-from emgui.ui.widgets import Page, show_error
+from emgui.ui.widgets import Page, make_labels_plain, plain_tip, show_error
 
 # The pages in sidebar order (the loop reads top to bottom): key, title, module, class.
 PAGES = [
@@ -121,6 +122,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.jobs_label)
         self.statusBar().addPermanentWidget(self.device_label)
         self._make_menu()
+        make_labels_plain(self)
         self._status_timer = QTimer(self)
         self._status_timer.timeout.connect(self._refresh_status)
         self._status_timer.start(2000)
@@ -139,6 +141,7 @@ class MainWindow(QMainWindow):
             # Long item texts (direction and run names) must not widen a page past the window.
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
+        make_labels_plain(page)  # names, paths and messages in labels are never rich text
         self.stack.widget(index).setWidget(page)
         page.project_changed()
         return page
@@ -170,9 +173,10 @@ class MainWindow(QMainWindow):
             self.bridge = JobBridge(project, max_heavy=max_heavy, parent=self)
             self.bridge.jobStatus.connect(lambda *_: self._refresh_status())
             recent.add(project.root)
-            self.project_label.setText(project.name)
-            self.project_label.setToolTip(str(project.root))
-            self.setWindowTitle(f"emgui — {project.name}")
+            read_only = " (read-only)" if project.read_only else ""
+            self.project_label.setText(project.name + read_only)
+            self.project_label.setToolTip(plain_tip(str(project.root)))
+            self.setWindowTitle(f"emgui — {project.name}{read_only}")
         else:
             self.project_label.setText("no project")
             self.setWindowTitle("emgui")
@@ -181,9 +185,13 @@ class MainWindow(QMainWindow):
         self._refresh_status()
 
     def open_project(self, path: str | Path) -> bool:
+        """Open a project; a damaged or unreadable one is explained in a dialog, never a crash."""
         try:
             self.set_project(Project.open(path))
-        except EmguiError as exc:
+        except (EmguiError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError):
+                exc = EmguiError(f"{Path(path) / 'project.db'} is damaged or unreadable ({exc})")
+                self.set_project(None)
             show_error(self, "Cannot open project", str(exc))
             return False
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
@@ -71,7 +72,7 @@ class MetricGrid(QWidget):
     def _plot(self, metric: str) -> pg.PlotItem:
         if metric not in self.plots:
             n = len(self.plots)
-            plot = self.view.addPlot(row=n // self.COLUMNS, col=n % self.COLUMNS, title=metric)
+            plot = self.view.addPlot(row=n // self.COLUMNS, col=n % self.COLUMNS, title=html.escape(metric))
             plot.showGrid(x=True, y=True, alpha=0.2)
             plot.setLabel("bottom", "step")
             plot.setLogMode(y=self.log_box.isChecked())
@@ -107,7 +108,9 @@ class MetricGrid(QWidget):
         if key not in self.curves:
             self.raw_curves[key] = plot.plot([], [], pen=pg.mkPen(color, width=1, alpha=80))
             name = series if len(self.plots) == 1 or metric == next(iter(self.plots)) else None
-            self.curves[key] = plot.plot([], [], pen=pg.mkPen(color, width=2), name=name)
+            # pyqtgraph draws legend names as HTML: escape them (run and model names are untrusted)
+            legend = html.escape(str(name)) if name is not None else None
+            self.curves[key] = plot.plot([], [], pen=pg.mkPen(color, width=2), name=legend)
         if weight > 0:
             raw_pen = pg.mkPen(pg.mkColor(color).lighter(170), width=1)
             self.raw_curves[key].setPen(raw_pen)

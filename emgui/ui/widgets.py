@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import Qt as QtGuiNamespace
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -54,22 +55,67 @@ def job_duration(job: dict) -> float | None:
     return (job.get("ended_at") or time.time()) - job["started_at"]
 
 
+# ----- untrusted text --------------------------------------------------------------------------------
+# QLabel, QMessageBox and QToolTip show any text that looks like HTML as rich text, and rich text loads
+# images, even `<img src="file:///...">`. Names, paths, question ids, tokens and job messages come from
+# files and users, so every label is plain text (see `make_labels_plain`) and every tooltip goes through
+# `plain_tip`.
+
+
+def plain_label(label: QLabel) -> QLabel:
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    return label
+
+
+def make_labels_plain(root: QWidget) -> None:
+    """Make every QLabel under `root` plain text. The app's labels never use rich text on purpose; one that
+    must would set the Qt property `emguiRichText`."""
+    for label in root.findChildren(QLabel):
+        if not label.property("emguiRichText"):
+            label.setTextFormat(Qt.TextFormat.PlainText)
+
+
+def plain_tip(text: str | None) -> str:
+    """A tooltip that shows `text` literally (QToolTip has no plain-text mode: the text is escaped into
+    rich text that displays as itself)."""
+    if not text:
+        return ""
+    return QtGuiNamespace.convertFromPlainText(str(text), Qt.WhiteSpaceMode.WhiteSpaceNormal)
+
+
 def heading(text: str, level: int = 1) -> QLabel:
-    label = QLabel(text)
+    label = plain_label(QLabel(text))
     label.setObjectName("h1" if level == 1 else "h2")
     return label
 
 
 def hint(text: str) -> QLabel:
-    label = QLabel(text)
+    label = plain_label(QLabel(text))
     label.setObjectName("hint")
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
 
 
-def show_error(parent: QWidget, title: str, text: str) -> None:
-    QMessageBox.critical(parent, title, text)
+def message_box(parent: QWidget | None, icon: QMessageBox.Icon, title: str, text: str) -> QMessageBox:
+    """A message box whose text is shown as plain text (errors quote paths, names and file content)."""
+    box = QMessageBox(icon, title, str(text), QMessageBox.StandardButton.NoButton, parent)
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    return box
+
+
+def show_error(parent: QWidget | None, title: str, text: str) -> None:
+    box = message_box(parent, QMessageBox.Icon.Critical, title, text)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.exec()
+
+
+def ask(parent: QWidget | None, title: str, text: str) -> bool:
+    """A yes/no question (plain text); True for yes."""
+    box = message_box(parent, QMessageBox.Icon.Question, title, text)
+    box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+    box.setDefaultButton(QMessageBox.StandardButton.No)
+    return box.exec() == QMessageBox.StandardButton.Yes
 
 
 class Page(QWidget):

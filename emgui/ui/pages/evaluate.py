@@ -734,7 +734,7 @@ class EvaluatePage(Page):
             bars = pg.BarGraphItem(x0=0, y=ys, height=height * 0.9, width=xs, brush=color, pen=pg.mkPen(None))
             plot.addItem(bars)
             suffix = " (judge not validated)" if s in unvalidated else ""
-            plot.legend.addItem(bars, f"#{s['run']} {s['model']}{suffix}")
+            plot.legend.addItem(bars, _esc(f"#{s['run']} {s['model']}{suffix}"))  # legends render HTML
             if ys:
                 plot.addItem(pg.ErrorBarItem(x=np.array(xs), y=np.array(ys), left=np.array(lo),
                                              right=np.array(hi), beam=height * 0.3, pen=pg.mkPen("#334155")))  # fmt: skip
@@ -777,7 +777,7 @@ class EvaluatePage(Page):
             )
             item.sigClicked.connect(self._point_clicked)
             plot.addItem(item)
-            plot.legend.addItem(item, f"#{run} {rows[0]['model']}")
+            plot.legend.addItem(item, _esc(f"#{run} {rows[0]['model']}"))
             self.scatter_points += len(rows)
 
     def _point_clicked(self, _item, points, *_args) -> None:

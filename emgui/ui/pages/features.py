@@ -45,7 +45,16 @@ from PySide6.QtWidgets import (
 from emgui.core import dashboards as D
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
-from emgui.ui.widgets import Page, SortableItem, heading, hint, notice_label, set_notice, show_error
+from emgui.ui.widgets import (
+    Page,
+    SortableItem,
+    heading,
+    hint,
+    notice_label,
+    plain_tip,
+    set_notice,
+    show_error,
+)
 
 FEATURE_KINDS = ("sae-train", "sae-import", "sae-pretrained", "diff", "dashboards")
 FILTERS = ["All latents", "With dashboard", "Labelled", "Increased (Δ mean > 0)", "Decreased (Δ mean < 0)"]
@@ -168,8 +177,8 @@ class TokenBrowser(QTextBrowser):
         if e.type() == e.Type.ToolTip:
             pos = self.viewport().mapFromGlobal(e.globalPos())
             tip = self.cursorForPosition(pos).charFormat().toolTip()
-            if tip:
-                QToolTip.showText(e.globalPos(), tip, self)
+            if tip:  # the token's own text: shown literally, never as HTML
+                QToolTip.showText(e.globalPos(), plain_tip(tip), self)
             else:
                 QToolTip.hideText()
             return True
@@ -278,7 +287,7 @@ class LatentTable(QAbstractTableModel):
         if role == Qt.ItemDataRole.TextAlignmentRole and key != "label":
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole and key == "label" and row.get("note"):
-            return row["note"]
+            return plain_tip(row["note"])
         return None
 
 

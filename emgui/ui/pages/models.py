@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -26,10 +25,12 @@ from emgui.core.errors import EmguiError
 from emgui.ui.widgets import (
     Page,
     SortableItem,
+    ask,
     heading,
     hint,
     human_bytes,
     human_count,
+    plain_label,
     record_table,
     show_error,
 )
@@ -47,11 +48,11 @@ class TransferRow(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 2, 0, 2)
         source = job["params"].get("repo") or job["params"].get("path", "")
-        self.label = QLabel(f"#{job['id']} {job['kind']}: {source}")
+        self.label = plain_label(QLabel(f"#{job['id']} {job['kind']}: {source}"))
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.bar.setValue(int(job["progress"] * 1000))
-        self.message = QLabel(job["message"])
+        self.message = plain_label(QLabel(job["message"]))
         self.message.setObjectName("hint")
         cancel = QPushButton("Cancel")
         cancel.clicked.connect(lambda: page.bridge and page.bridge.cancel(self.job_id))
@@ -200,8 +201,6 @@ class ModelsPage(Page):
             self._submit(path)
 
     def edit_token(self) -> None:
-        from emgui.core import hub
-
         token, ok = QInputDialog.getText(
             self,
             "Hugging Face token",
@@ -209,10 +208,30 @@ class ModelsPage(Page):
             QLineEdit.EchoMode.Password,
         )
         if ok:
-            try:
-                hub.store_token(token.strip() or None)
-            except EmguiError as exc:
-                show_error(self, "Cannot store the token", str(exc))
+            self.save_token(token.strip() or None)
+
+    def save_token(self, token: str | None) -> str:
+        """Keep the token in the system keyring; where no keyring backend works, say so and offer to keep
+        it in memory while the app runs. Returns where it went: keyring, memory, forgotten or nowhere."""
+        from emgui.core import hub
+
+        if hub.store_token(token):
+            hub.keep_token_in_memory(None)
+            return "keyring" if token else "forgotten"
+        if not token:
+            hub.keep_token_in_memory(None)
+            return "forgotten"
+        keep = ask(
+            self,
+            "No keyring",
+            "No working system keyring was found, so the token cannot be saved.\n\n"
+            "Keep it in memory for as long as emgui runs? You will need to enter it again next time "
+            "(or set HF_TOKEN in the environment).",
+        )
+        if keep:
+            hub.keep_token_in_memory(token)
+            return "memory"
+        return "nowhere"
 
     def selected_model(self) -> dict | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -225,12 +244,13 @@ class ModelsPage(Page):
         model = self.selected_model()
         if model is None:
             return
-        owned = self.project.model_path(model).resolve().is_relative_to(self.project.root)
-        frees = human_bytes(model["size_bytes"]) if owned else "nothing (its files live outside the project)"
-        answer = QMessageBox.question(
-            self, "Delete model", f"Delete model '{model['name']}'? This frees {frees}."
+        owned = self.project.model_owns_files(model)
+        frees = (
+            human_bytes(model["size_bytes"])
+            if owned
+            else f"nothing: its files ({self.project.model_path(model)}) are not the project's alone and stay"
         )
-        if answer != QMessageBox.StandardButton.Yes:
+        if not ask(self, "Delete model", f"Delete model '{model['name']}'? This frees {frees}."):
             return
         try:
             self.project.delete_model(model["id"])

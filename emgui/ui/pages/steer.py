@@ -1041,7 +1041,7 @@ class SweepsTab(QWidget):
             return
         xs = [p["strength"] for p in pts]
         ys = [p[key] for p in pts]
-        plot.plot(xs, ys, pen=pen, symbol="o", symbolSize=6, symbolBrush=pen.color(), name=name)
+        plot.plot(xs, ys, pen=pen, symbol="o", symbolSize=6, symbolBrush=pen.color(), name=html.escape(name))
         if errors and all(p.get("ci_low") is not None for p in pts):
             import numpy as np
 
