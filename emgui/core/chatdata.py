@@ -15,7 +15,7 @@ import secrets
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,17 +487,21 @@ def _matches(msgs: list[dict], needle: str) -> bool:
 
 
 def read_page(
-    path: str | Path, offset: int, limit: int, search: str | None = None
+    path: str | Path, offset: int, limit: int, search: str | None = None, lines: Collection[int] | None = None
 ) -> tuple[list[tuple[int, list[dict]]], int]:
-    """One page of valid chats, optionally only those whose text contains search (any case).
+    """One page of valid chats, optionally only those whose text contains search (any case), or only
+    those on the given lines (the matches of a full-text search).
 
     Returns (rows, total_matching); rows are (line number, messages).
     """
     needle = search.casefold() if search else None
+    wanted = set(lines) if lines is not None else None
     rows: list[tuple[int, list[dict]]] = []
     total = 0
     for line, msgs in iter_valid_chats(path):
         if needle is not None and not _matches(msgs, needle):
+            continue
+        if wanted is not None and line not in wanted:
             continue
         if offset <= total < offset + limit:
             rows.append((line, msgs))
@@ -506,16 +510,23 @@ def read_page(
 
 
 def preview_page(
-    path: str | Path, offset: int, limit: int, search: str | None = None, clip: int = PREVIEW_CHARS
+    path: str | Path,
+    offset: int,
+    limit: int,
+    search: str | None = None,
+    clip: int = PREVIEW_CHARS,
+    lines: Collection[int] | None = None,
 ) -> tuple[list[tuple[int, list[dict]]], int]:
     """`read_page` for showing: each message's content is cut to its first `clip` characters and
     carries its full `length`, so a page costs the same whatever its chats hold. Parsed in the helper
     process when parsing is offloaded."""
-    return _run(_preview_page, str(path), offset, limit, search, clip)
+    return _run(_preview_page, str(path), offset, limit, search, clip, None if lines is None else sorted(lines))
 
 
-def _preview_page(path: str, offset: int, limit: int, search: str | None, clip: int) -> tuple[list, int]:
-    rows, total = read_page(path, offset, limit, search)
+def _preview_page(
+    path: str, offset: int, limit: int, search: str | None, clip: int, lines: list[int] | None = None
+) -> tuple[list, int]:
+    rows, total = read_page(path, offset, limit, search, lines)
     clipped = [
         (line, [{"role": m["role"], "content": m["content"][:clip], "length": len(m["content"])} for m in msgs])
         for line, msgs in rows

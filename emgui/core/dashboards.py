@@ -534,7 +534,10 @@ def set_label(
         new_label = label if label is not None else (row["label"] if row else "")
         new_note = note if note is not None else (row["note"] if row else "")
         conn.execute(
-            "INSERT OR REPLACE INTO latent_labels (sae_id, latent, label, note, updated_at) VALUES (?, ?, ?, ?, ?)",
+            # an upsert, not INSERT OR REPLACE: a replace deletes without firing the search index's trigger
+            "INSERT INTO latent_labels (sae_id, latent, label, note, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (sae_id, latent) DO UPDATE SET label = excluded.label, note = excluded.note, "
+            "updated_at = excluded.updated_at",
             [sae_id, latent, new_label.strip(), new_note, time.time()],
         )
 

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core import chatdata
+from emgui.core import search as fulltext
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
 
@@ -309,10 +310,10 @@ class DatasetsPage(Page):
         self.page_label.setText("reading…")
         self.prev_button.setEnabled(False)
         self.next_button.setEnabled(False)
-        path = self.project.abspath(dataset["path"])
         run_async(
-            chatdata.preview_page,
-            path,
+            fulltext.chat_page,  # full-text search (FTS5) when there is a query, then one page of the file
+            self.project,
+            dataset,
             offset,
             PAGE_SIZE,
             self.search.text().strip() or None,

@@ -795,10 +795,9 @@ class EvaluatePage(Page):
                 self.tabs.setCurrentIndex(2)
                 return
 
-    def _matches(self, row: dict, text: str, mode: str) -> bool:
-        if text and not any(
-            text in str(row.get(k) or "").lower()
-            for k in ("question_id", "model", "answer", "prompt", "category")
+    def _matches(self, row: dict, text: str, mode: str, hits: set[int]) -> bool:
+        if text and row["sample_id"] not in hits and not any(
+            text in str(row.get(k) or "").lower() for k in ("model", "category")
         ):
             return False
         if mode == "misaligned":
@@ -814,9 +813,13 @@ class EvaluatePage(Page):
         return True
 
     def _fill_answers(self) -> None:
+        from emgui.core.search import search_answers
+
         text = self.filter_edit.text().strip().lower()
         mode = self.filter_combo.currentText()
-        self.shown_answers = [r for r in self.answers if self._matches(r, text, mode)]
+        runs = sorted({r["run"] for r in self.answers})
+        hits = set(search_answers(self.project, text, runs=runs)) if text and runs else set()  # FTS5: words
+        self.shown_answers = [r for r in self.answers if self._matches(r, text, mode, hits)]
         table = self.answers_table
         table.setSortingEnabled(False)
         table.clearContents()

@@ -197,14 +197,17 @@ class LatentTable(QAbstractTableModel):
         self.position: dict[int, int] = {}  # latent -> visible row
         self.sort_key: tuple[int, Qt.SortOrder] = (RANK_COLUMN, Qt.SortOrder.AscendingOrder)
         self.text, self.mode = "", 0
+        self.hits: set[int] = set()
 
     # ----- content -------------------------------------------------------------------------------------
     def set_rows(self, rows: list[dict]) -> None:
         self.all_rows = rows
         self._rebuild()
 
-    def set_filter(self, text: str, mode: int) -> None:
+    def set_filter(self, text: str, mode: int, hits: set[int] | None = None) -> None:
+        """`hits`: the latents whose label or note matched `text` in the full-text index."""
         self.text, self.mode = text.strip().lower(), mode
+        self.hits = hits if hits is not None else set()
         self._rebuild()
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
@@ -224,7 +227,7 @@ class LatentTable(QAbstractTableModel):
             return True
         if self.text.lstrip("#").isdigit():
             return str(row["latent"]).startswith(self.text.lstrip("#"))
-        return self.text in (row.get("label") or "").lower() or self.text in (row.get("note") or "").lower()
+        return row["latent"] in self.hits
 
     def _rebuild(self) -> None:
         self.layoutAboutToBeChanged.emit()
@@ -852,6 +855,7 @@ class FeaturesPage(Page):
             self.search.text().strip().lower(),
             self.filter_combo.currentIndex(),
         )
+        self.model.hits = self._label_hits()
         self.model.set_rows(rows)  # one sort and filter pass
         self.count_label.setText(f"{self.model.rowCount():,} of {len(rows):,} latents")
         if not rows:
@@ -865,8 +869,17 @@ class FeaturesPage(Page):
         elif keep is None and self.model.rowCount():
             self.table.selectRow(0)  # open the top-ranked latent: the one a researcher looks at first
 
+    def _label_hits(self) -> set[int]:
+        """Latents whose label or note holds every word of the search (the full-text index)."""
+        from emgui.core.search import search_latents
+
+        text = self.search.text().strip()
+        if self.sae is None or not text or text.lstrip("#").isdigit():
+            return set()
+        return search_latents(self.project, self.sae["id"], text)
+
     def _apply_filter(self) -> None:
-        self.model.set_filter(self.search.text(), self.filter_combo.currentIndex())
+        self.model.set_filter(self.search.text(), self.filter_combo.currentIndex(), self._label_hits())
         self.count_label.setText(f"{self.model.rowCount():,} of {len(self.model.all_rows):,} latents")
 
     def select_latent(self, latent: int) -> bool:
