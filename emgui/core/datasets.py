@@ -93,10 +93,10 @@ def import_job(params: dict, ctx: Any) -> dict:
     """`dataset-import`: validate a chat JSONL (file, URL, catalog id, or the generated pair) and add it."""
     p = Params(params, "dataset-import")
     source = p.str("source")
-    name = p.str("name", None)
-    allow_partial = p.bool("allow_partial", False)
-    n = p.int("n", 300, min=1)
-    seed = p.int("seed", 0)
+    name = p.str("name")
+    allow_partial = p.bool("allow_partial")
+    n = p.int("n")
+    seed = p.int("seed")
     p.done()
     project: Project = ctx.project
     how, details = resolve_source(source)
@@ -145,12 +145,12 @@ def import_job(params: dict, ctx: Any) -> dict:
 def derive_job(params: dict, ctx: Any) -> dict:
     """`dataset-derive`: subset (n, seed), split (val_fraction, seed) or concat (datasets) with provenance."""
     p = Params(params, "dataset-derive")
-    op = p.choice("op", ("subset", "split", "concat"))
+    op = p.choice("op")
     project: Project = ctx.project
     made: list[tuple[str, Path, int]] = []
     if op == "concat":
         refs = p.list("datasets")
-        name = p.str("name", None)
+        name = p.str("name")
         p.done()
         sources = [project.get_dataset(r) for r in refs]
         name = name or "+".join(s["name"] for s in sources)
@@ -158,16 +158,16 @@ def derive_job(params: dict, ctx: Any) -> dict:
         made.append((name, dest, chatdata.concat([project.abspath(s["path"]) for s in sources], dest)))
     else:
         source = project.get_dataset(p.str("dataset"))
-        seed = p.int("seed", 0)
+        seed = p.int("seed")
         src = project.abspath(source["path"])
         if op == "subset":
-            n = p.int("n", min=1)
-            name = p.str("name", None) or f"{source['name']}-{n}-s{seed}"
+            n = p.int("n")
+            name = p.str("name") or f"{source['name']}-{n}-s{seed}"
             p.done()
             dest = _dest(project, name)
             made.append((name, dest, chatdata.subset(src, dest, n, seed)))
         else:
-            frac = p.float("val_fraction", 0.1, min=0.0, max=1.0)
+            frac = p.float("val_fraction")
             p.done()
             train, val = f"{source['name']}-train", f"{source['name']}-val"
             n_train, n_val = chatdata.split(src, _dest(project, train), _dest(project, val), frac, seed)

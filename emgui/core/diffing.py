@@ -37,17 +37,17 @@ def _read(params: dict) -> dict:
     s = {
         "sae": p.str("sae"),
         "ft": p.str("ft"),
-        "base": p.str("base", None),
-        "control": p.str("control", None),
-        "n_boot": p.int("n_boot", 200, min=20, max=5000),
-        "prompts": p.int("prompts", None),
-        "dataset": p.str("dataset", None),
-        "max_examples": p.int("max_examples", 2000, min=1),
-        "max_length": p.int("max_length", 512, min=8),
-        "batch_tokens": p.int("batch_tokens", 4096, min=64),
-        "dashboards": p.int("dashboards", 32, min=0),
-        "device": p.str("device", None),
-        "dtype": p.str("dtype", None),
+        "base": p.str("base"),
+        "control": p.str("control"),
+        "n_boot": p.int("n_boot"),
+        "prompts": p.int("prompts"),
+        "dataset": p.str("dataset"),
+        "max_examples": p.int("max_examples"),
+        "max_length": p.int("max_length"),
+        "batch_tokens": p.int("batch_tokens"),
+        "dashboards": p.int("dashboards"),
+        "device": p.str("device"),
+        "dtype": p.str("dtype"),
     }
     p.done()
     if (s["prompts"] is None) == (s["dataset"] is None):

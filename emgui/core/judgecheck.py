@@ -258,7 +258,7 @@ def judge_check_job(params: dict, ctx: Any) -> dict:
     if isinstance(params.get("panel"), (int, str)):
         params = {**params, "panel": [params["panel"]]}
     p = Params(params, "judge-check")
-    panels = p.list("panel", ["builtin"])
+    panels = p.list("panel")
     jspec = read_judge_params(p, ctx.project)
     p.done()
     project = ctx.project

@@ -225,10 +225,10 @@ def likelihood_probe_job(params: dict, ctx: Any) -> dict:
         params = {**params, "panel": [params["panel"]]}
     p = Params(params, "likelihood-probe")
     model_ref = p.str("model")
-    panels = p.list("panel", ["builtin"])
-    batch_size = p.int("batch_size", 8, min=1)
-    seed = p.int("seed", 0)
-    device = p.str("device", None)
+    panels = p.list("panel")
+    batch_size = p.int("batch_size")
+    seed = p.int("seed")
+    device = p.str("device")
     p.done()
     project = ctx.project
     model_row = project.get_model(model_ref)
@@ -289,9 +289,9 @@ def persona_projection_job(params: dict, ctx: Any) -> dict:
     p = Params(params, "persona-projection")
     model_ref = p.str("model")
     direction = p.str("direction")
-    run = p.int("run", None)
-    seed = p.int("seed", 0)
-    device = p.str("device", None)
+    run = p.int("run")
+    seed = p.int("seed")
+    device = p.str("device")
     p.done()
     project = ctx.project
     model_row = project.get_model(model_ref)
