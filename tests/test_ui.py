@@ -39,7 +39,7 @@ def test_models_page_lists_models_with_provenance(window, project, qtbot) -> Non
     page = window.show_page("models")
     page.refresh()
     assert page.table.rowCount() == 1
-    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135.0M"
+    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135 M"
     page.table.selectRow(0)
     top = [page.tree.topLevelItem(i).text(0) for i in range(page.tree.topLevelItemCount())]
     assert top == ["Details", "Provenance: model 'base'"]
@@ -135,8 +135,8 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     )
     page.subset_n.setValue(5)
     page._derive({"op": "subset", "n": 5})
-    qtbot.waitUntil(lambda: page.table.rowCount() == 3, timeout=10000)
-    names = {page.table.item(r, 0).text() for r in range(3)}
+    qtbot.waitUntil(lambda: page.table.rowCount() == 4, timeout=10000)  # the three and the subset
+    names = {page.table.item(r, 0).text() for r in range(4)}
     assert any(n.endswith("-5-s0") for n in names)
 
 
@@ -189,7 +189,7 @@ def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
     qtbot.addWidget(win)
     win.show()
     win.pages["start"].demo_button.click()
-    qtbot.waitUntil(lambda: win.project is not None and len(win.project.list_datasets()) == 2, timeout=30000)
+    qtbot.waitUntil(lambda: win.project is not None and len(win.project.list_datasets()) == 3, timeout=30000)  # insecure, secure, helpful
 
     def imported() -> bool:
         job = win.project.query_one("SELECT status, error FROM jobs WHERE kind = 'model-import'")

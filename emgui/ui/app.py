@@ -47,7 +47,8 @@ def make_app():
         app._emgui_gc = MainThreadGarbageCollector()
     style = resource("style.qss")
     if style.exists():
-        app.setStyleSheet(style.read_text())
+        icons = resource("icons").as_posix()
+        app.setStyleSheet(style.read_text().replace("@ICONS@", icons))
     return app
 
 

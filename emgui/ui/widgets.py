@@ -16,36 +16,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.store import Project
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+from emgui.core.units import human_bytes, human_count, human_duration  # noqa: F401  (the pages import them from here)
 
 
 def job_duration(job: dict) -> float | None:
@@ -66,6 +37,12 @@ def hint(text: str) -> QLabel:
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+def set_enabled_why(widget: QWidget, enabled: bool, why: str, tip: str = "") -> None:
+    """Enable a control, or disable it with a tooltip that says why (and what to do)."""
+    widget.setEnabled(enabled)
+    widget.setToolTip(tip if enabled else why)
 
 
 def show_error(parent: QWidget, title: str, text: str) -> None:

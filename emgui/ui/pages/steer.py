@@ -6,7 +6,7 @@ live persona monitor of fine-tunes.
   from two worker threads (the steering hooks act only in the steered one). Moving a slider restarts the
   steered answer after a short pause. Tokens can be coloured by log-probability; hovering one shows its
   value and the alternatives. Presets are stored in the project.
-- Sweeps: launch `steer-sweep` jobs (and the seed's two experiments) and read their dose-response curves.
+- Sweeps: launch `steer-sweep` jobs (and the three persona up/down sweeps) and read their dose-response curves.
 - Directions: the project's directions; import a .safetensors vector, build persona vectors, screen a
   dataset by its projection and write the filtered dataset.
 - Monitor: a fine-tune's loss beside its `persona/*` curves, with the warnings the monitor logged.
@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -51,6 +52,7 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTabWidget,
     QTextBrowser,
+    QToolButton,
     QToolTip,
     QVBoxLayout,
     QWidget,
@@ -348,6 +350,7 @@ class LiveTab(QWidget):
         layout.addWidget(self.model_combo)
         presets = QHBoxLayout()
         self.preset_combo = QComboBox()
+        self.preset_combo.setProperty("minChars", 6)
         self.preset_combo.setPlaceholderText("presets")
         self.preset_combo.activated.connect(lambda _i: self.load_preset(self.preset_combo.currentText()))
         save = QPushButton("Save…")
@@ -361,6 +364,7 @@ class LiveTab(QWidget):
         layout.addLayout(presets)
         add = QHBoxLayout()
         self.direction_combo = QComboBox()
+        self.direction_combo.setProperty("minChars", 6)
         self.direction_combo.setToolTip(
             "Stored directions (persona vectors, differences of means, imported files)"
         )
@@ -421,10 +425,12 @@ class LiveTab(QWidget):
         self.colour_box.setChecked(True)
         self.colour_box.setToolTip("Colour each token by its probability; hover a token for details")
         self.colour_box.toggled.connect(self._colour_toggled)
-        for label, widget in (("seed", self.seed), ("temp", self.temperature), ("tokens", self.max_tokens)):
+        for label, widget, width in (
+            ("seed", self.seed, 96), ("temperature", self.temperature, 72), ("tokens", self.max_tokens, 80)
+        ):
             row.addWidget(QLabel(label))
+            widget.setFixedWidth(width)  # a seed box sized for 2^31 would widen the page past 1280 px
             row.addWidget(widget)
-        row.addWidget(self.colour_box)
         row.addStretch(1)
         self.stop_button = QPushButton("Stop")
         self.stop_button.clicked.connect(self.stop)
@@ -445,6 +451,8 @@ class LiveTab(QWidget):
             label.setObjectName("hint")
             head.addStretch(1)
             head.addWidget(label)
+            if pane == "steered":
+                head.addWidget(self.colour_box)
             box.addLayout(head)
             view = TokenView()
             box.addWidget(view, 1)
@@ -831,6 +839,13 @@ class SweepsTab(QWidget):
         self.n = _spin(QSpinBox(), 1, 1000, 5, "answers per question and condition")
         self.tokens = _spin(QSpinBox(), 8, 2048, 128, "max new tokens")
         self.temperature = _spin(QDoubleSpinBox(), 0.0, 2.0, 1.0, "temperature", 0.1)
+        from emgui.ui.forms import apply_spec
+
+        for widget, name in ((self.controls, "controls"), (self.n, "n"), (self.tokens, "max_new_tokens"),
+                             (self.temperature, "temperature"), (self.method, "method"),
+                             (self.positions, "positions"), (self.layers, "layers"), (self.latents, "latents")):  # fmt: skip
+            apply_spec(widget, "steer-sweep", name)  # ranges, defaults and help from the declaration
+        apply_spec(self.strengths, "steer-sweep", "strengths", set_default=False)  # the page suggests 32 too
         for label, widget in (
             ("Model", self.model),
             ("Directions", self.targets),
@@ -1204,6 +1219,21 @@ class DirectionsTab(QWidget):
             b = QPushButton(text)
             b.clicked.connect(slot)
             buttons.addWidget(b)
+        more = QToolButton()
+        more.setText("More")
+        more.setToolTip("Other ways to make and use directions, each with all its settings")
+        more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(more)
+        for text, kind in (
+            ("Direction from two datasets…", "diff-means"),
+            ("Project a run's answers on a direction…", "persona-projection"),
+            ("Persona vector, with all settings…", "persona-vector"),
+            ("Screen a dataset, with all settings…", "persona-screen"),
+            ("Import a direction file as a job…", "direction-import"),
+        ):
+            menu.addAction(text).triggered.connect(lambda _=False, k=kind: self.open_job_dialog(k))
+        more.setMenu(menu)
+        buttons.addWidget(more)
         buttons.addStretch(1)
         left.addLayout(buttons)
         top_layout.addLayout(left, 3)
@@ -1236,6 +1266,10 @@ class DirectionsTab(QWidget):
             QSpinBox(), 1, 1000, 20, "questions to answer (each under one + and one − prompt)"
         )
         self.pv_tokens = _spin(QSpinBox(), 4, 1024, 64, "max new tokens per answer")
+        from emgui.ui.forms import apply_spec
+
+        apply_spec(self.pv_questions, "persona-vector", "n_questions")
+        apply_spec(self.pv_tokens, "persona-vector", "max_new_tokens")
         pform.addRow("Model", self.pv_model)
         pform.addRow("Persona", prow)
         pform.addRow("Questions", self.pv_questions)
@@ -1413,6 +1447,20 @@ class DirectionsTab(QWidget):
     def edit_persona(self) -> None:
         if self.project is not None and self.persona.currentText():
             PersonaDialog(self, self.project, self.persona.currentText()).exec()
+
+    def open_job_dialog(self, kind: str) -> int | None:
+        """Any direction kind with all its declared settings; the selected direction filled in."""
+        from emgui.ui.forms import JobDialog
+
+        if self.project is None:
+            return None
+        values: dict = {}
+        direction_id = self.selected_direction()
+        if direction_id is not None and kind in ("persona-projection", "persona-screen"):
+            values["direction"] = st.get_direction_row(self.project, direction_id)["name"]
+        self.job_dialog = JobDialog(self.page, kind, values=values)
+        self.job_dialog.exec()
+        return self.job_dialog.job_id
 
     def _submit(self, kind: str, params: dict) -> int | None:
         if self.page.bridge is None:
