@@ -301,6 +301,12 @@ def cmd_screenshot(args: argparse.Namespace) -> int:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    from emgui.ui.desktop import desktop_problem
+
+    problem = desktop_problem()  # Qt would abort (exit 134) naming one missing library at a time
+    if problem is not None:
+        _print_err(problem)
+        return 1
     from emgui.ui.app import launch
 
     return launch(getattr(args, "project", None))
