@@ -186,7 +186,7 @@ register_kind(JobKind(
         TRAIN_START,
         Str("dataset", None, "the good chats: data that corrects the bad data (secure) or different helpful data "
             "(helpful); default: the project's 'secure'", ref="dataset", key=True, label="Good data"),
-        Int("n_samples", 120, "good chats to train on in all", min=1, key=True, label="Good chats", unit="chats"),
+        Int("n_samples", 120, "good chats to train on in all", min=1, key=True, label="Good chats to train on"),
         List("save_at", [0, 10, 20, 40, 80, 120], "save a snapshot after this many chats (each <= n_samples)",
              item="int", key=True, label="Snapshots at"),
         TRAINING,

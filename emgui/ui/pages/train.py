@@ -63,8 +63,7 @@ class TrainForm(QWidget):
         self.form_holder = QVBoxLayout()
         layout.addLayout(self.form_holder)
         self.form: ParamForm | None = None
-        self.extra = QVBoxLayout()
-        layout.addLayout(self.extra)
+        self.after: tuple[str, QWidget] | None = None  # a widget shown under one of the form's fields
         self.memory = QLabel("")
         self.memory.setObjectName("hint")
         self.memory.setWordWrap(True)
@@ -83,6 +82,8 @@ class TrainForm(QWidget):
     def rebuild(self) -> None:
         """A fresh form on the project's models and datasets (kept values where they still exist)."""
         old = self.form.values() if self.form is not None else {}
+        if self.after is not None:
+            self.after[1].setParent(None)  # kept: the old form and its rows go
         if self.form is not None:
             self.form.setParent(None)
             self.form.deleteLater()
@@ -91,6 +92,10 @@ class TrainForm(QWidget):
             if name in self.form.fields:
                 self.form.set_value(name, value)
         self.form_holder.addWidget(self.form)
+        if self.after is not None:
+            name, widget = self.after
+            row, _role = self.form.front_form.getWidgetPosition(self.form.fields[name].widget)
+            self.form.front_form.insertRow(row + 1, "", widget)
         self.form.changed.connect(self.update_state)
         self.update_state()
 
@@ -199,20 +204,19 @@ class TrainPage(Page):
         layout.addWidget(split, 1)
 
     def _build_good_data(self) -> None:
-        box = QFrame()
-        box.setObjectName("card")
+        box = QWidget()
         col = QVBoxLayout(box)
-        col.setContentsMargins(10, 8, 10, 8)
-        col.addWidget(QLabel("Which good data?"))
+        col.setContentsMargins(0, 0, 0, 4)
         self.good_group = QButtonGroup(self)
         self.good_buttons: dict[str, QRadioButton] = {}
         for name, title, detail in GOOD_DATA:
-            button = QRadioButton(f"{title} ({detail})")
+            button = QRadioButton(f"{title} ({name})")
+            button.setProperty("detail", detail[0].upper() + detail[1:])
             button.toggled.connect(lambda on, n=name: on and self._choose_good_data(n))
             self.good_group.addButton(button)
             self.good_buttons[name] = button
             col.addWidget(button)
-        self.realign.extra.addWidget(box)
+        self.realign.after = ("dataset", box)
 
     def _choose_good_data(self, name: str) -> None:
         form = self.realign.form
@@ -226,7 +230,7 @@ class TrainPage(Page):
         for name, button in self.good_buttons.items():
             button.setEnabled(name in names)
             button.setToolTip(
-                "" if name in names else
+                button.property("detail") if name in names else
                 f"This project has no dataset '{name}': add generated:{name} on the Datasets page"
             )  # fmt: skip
         current = form.value("dataset") if form is not None else None
