@@ -85,6 +85,11 @@ def screenshot(
     window.show()
     for _ in range(5):
         app.processEvents()
+    from emgui.ui.plots import MetricGrid
+
+    for grid in window.findChildren(MetricGrid):
+        grid.flush()  # plots made one per event-loop turn: all of them for the picture
+    app.processEvents()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not window.grab().save(str(out)):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -148,16 +148,25 @@ class MetricGrid(QWidget):
         self.view = pg.GraphicsLayoutWidget()
         layout.addWidget(self.view, 1)
         self.empty_text = self.EMPTY_TEXT
+        self.metrics: list[str] = []  # every plot-worthy metric seen, in order (a plot exists once shown)
         self.plots: dict[str, pg.PlotItem] = {}
         self.data: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
         self.raw_curves: dict[tuple[str, str], pg.PlotDataItem] = {}
         self.series_order: list[str] = []
         self.hidden: set[str] = set(INTERNAL_METRICS if hidden is None else hidden)
+        # New plots are made one per turn of the event loop: making several at once stalled the window.
+        self._pending: list[str] = []
+        self._make_timer = QTimer(self)
+        self._make_timer.setSingleShot(True)
+        self._make_timer.timeout.connect(self._make_next)
         self._update_empty()
 
     def clear(self) -> None:
         self.view.clear()
+        self._placed = []
+        self._pending.clear()
+        self.metrics.clear()
         self.plots.clear()
         self.data.clear()
         self.curves.clear()
@@ -166,27 +175,33 @@ class MetricGrid(QWidget):
         self._update_empty()
 
     def metric_names(self) -> list[str]:
-        """The metrics with a plot (shown or hidden), overlays included."""
-        return list(self.plots) + [m for m in OVERLAYS if any(k[1] == m for k in self.data)]
+        """Every metric received (shown or hidden), overlays included."""
+        return list(self.metrics) + [m for m in OVERLAYS if any(k[1] == m for k in self.data)]
 
     def shown_metrics(self) -> list[str]:
-        return [m for m in self.plots if m not in self.hidden]
+        return [m for m in self.metrics if m not in self.hidden]
 
     def set_metric_visible(self, metric: str, visible: bool) -> None:
         (self.hidden.discard if visible else self.hidden.add)(metric)
+        if visible:  # drawn now, from the points kept while it was hidden
+            for series, name in list(self.data):
+                if OVERLAYS.get(name, name) == metric:
+                    self._redraw(series, name)
         self._relayout()
 
     def _fill_series_menu(self) -> None:
         self.series_menu.clear()
-        if not self.plots:
+        if not self.metrics:
             self.series_menu.addAction("no curves yet").setEnabled(False)
-        for metric in self.plots:
+        for metric in self.metrics:
             action = self.series_menu.addAction(metric_title(metric) + f"  ({metric})")
             action.setCheckable(True)
             action.setChecked(metric not in self.hidden)
             action.toggled.connect(lambda on, m=metric: self.set_metric_visible(m, on))
 
     def _plot(self, metric: str) -> pg.PlotItem:
+        """The metric's plot, made the first time it is shown (a plot costs tens of ms: hidden bookkeeping
+        series get none)."""
         metric = OVERLAYS.get(metric, metric)
         if metric not in self.plots:
             title, unit = METRIC_LABELS.get(metric, (metric_title(metric), ""))
@@ -202,14 +217,50 @@ class MetricGrid(QWidget):
             self._relayout()
         return self.plots[metric]
 
+    def _make_next(self) -> None:
+        if not self._pending:
+            return
+        metric = self._pending.pop(0)
+        self.plot_for(metric)
+        if self._pending:
+            self._make_timer.start(0)
+
+    def plot_for(self, metric: str) -> pg.PlotItem:
+        """The metric's plot, made now if it is still waiting, with every series' points drawn."""
+        base = OVERLAYS.get(metric, metric)
+        if base in self._pending:
+            self._pending.remove(base)
+        if base not in self.plots:
+            self._plot(base)
+            for series, name in list(self.data):
+                if OVERLAYS.get(name, name) == base:
+                    self._redraw(series, name)
+        return self.plots[base]
+
+    def flush(self) -> None:
+        """Make every waiting plot now (screenshots, tests)."""
+        while self._pending:
+            self.plot_for(self._pending[0])
+
+    @staticmethod
+    def _columns(n: int) -> int:
+        return 1 if n <= 1 else 2 if n <= 4 else MetricGrid.MAX_COLUMNS
+
     def _relayout(self) -> None:
-        """Shown plots in a grid of up to MAX_COLUMNS columns, rows sharing the height."""
-        for item in list(self.view.ci.items):
-            self.view.ci.removeItem(item)
-        shown = self.shown_metrics()
-        columns = 1 if len(shown) <= 1 else 2 if len(shown) <= 4 else self.MAX_COLUMNS
-        for i, metric in enumerate(shown):
-            self.view.ci.addItem(self.plots[metric], row=i // columns, col=i % columns)
+        """Shown plots in a grid of up to MAX_COLUMNS columns, rows sharing the height. A plot added at the
+        end of an unchanged grid is placed alone; the grid is rebuilt only when its shape changes."""
+        shown = [m for m in self.shown_metrics() if m in self.plots]
+        placed = [m for m in getattr(self, "_placed", []) if m in self.plots]
+        columns = self._columns(len(shown))
+        if shown[: len(placed)] == placed and columns == self._columns(len(placed)) and placed:
+            for i in range(len(placed), len(shown)):
+                self.view.ci.addItem(self.plots[shown[i]], row=i // columns, col=i % columns)
+        else:
+            for item in list(self.view.ci.items):
+                self.view.ci.removeItem(item)
+            for i, metric in enumerate(shown):
+                self.view.ci.addItem(self.plots[metric], row=i // columns, col=i % columns)
+        self._placed = shown
         for metric, plot in self.plots.items():
             plot.setVisible(metric not in self.hidden)
         self._update_empty()
@@ -217,7 +268,7 @@ class MetricGrid(QWidget):
     def _update_empty(self) -> None:
         if self.shown_metrics():
             set_empty(self.view, None)
-        elif self.plots:
+        elif self.metrics:
             set_empty(self.view, "Every curve of this job is hidden: choose some under Curves.")
         else:
             set_empty(self.view, self.empty_text)
@@ -243,11 +294,23 @@ class MetricGrid(QWidget):
 
     def _redraw(self, series: str, metric: str) -> None:
         xs, ys = self.data[(series, metric)]
+        color = self._color(series)
+        base = OVERLAYS.get(metric, metric)
+        if base not in self.metrics:
+            self.metrics.append(base)
+            if base in self.hidden:
+                self._update_empty()
+        if base in self.hidden:
+            return  # kept in self.data; drawn when chosen under Curves
+        if base not in self.plots:
+            if base not in self._pending:
+                self._pending.append(base)
+                self._make_timer.start(0)
+            return  # drawn with all its points when its plot is made
         plot = self._plot(metric)
         overlay = metric in OVERLAYS
         weight = 0.0 if overlay else self.smooth.value() / 100
         key = (series, metric)
-        color = self._color(series)
         y = np.asarray(ys, dtype=float)
         if self.log_box.isChecked():
             y = np.where(y > 0, y, math.nan)

@@ -1632,7 +1632,7 @@ class MonitorTab(QWidget):
             if metric.startswith("persona/") and ys:
                 level = float(threshold) + (ys[0] if params.get("monitor_mode", "rise") == "rise" else 0.0)
                 pen = pg.mkPen("#dc2626", style=Qt.PenStyle.DashLine)
-                self.grid.plots[metric].addItem(pg.InfiniteLine(level, angle=0, pen=pen))
+                self.grid.plot_for(metric).addItem(pg.InfiniteLine(level, angle=0, pen=pen))
 
     def on_metrics(self, job_id: int, rows: list) -> None:
         if job_id != self.job_id:
