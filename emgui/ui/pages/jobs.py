@@ -167,7 +167,7 @@ class JobsPage(Page):
             self._new_rows = True
         values = [
             str(job["id"]),
-            job["kind"],
+            kind_title(job["kind"]),
             job["status"],
             "",
             human_duration(job_duration(job)),
@@ -182,6 +182,7 @@ class JobsPage(Page):
             elif item.text() != value:
                 item.setText(value)
         self.table.item(row, 2).setForeground(QColor(STATUS_COLORS.get(job["status"], "#000")))
+        self.table.item(row, 1).setToolTip(f"job kind: {job['kind']} (emgui run PROJECT {job['kind']})")
         bar = self.table.cellWidget(row, 3)
         bar.setValue(int(job["progress"] * 1000))
         bar.setFormat(f"{job['progress'] * 100:.0f}%")
@@ -343,6 +344,14 @@ class JobsPage(Page):
         except EmguiError as exc:
             show_error(self, "Cannot resume", str(exc))
         self.poll()
+
+
+def kind_title(name: str) -> str:
+    """What the window calls a job kind ("Fine-tune" for finetune); its name where it has no title."""
+    from emgui.core.jobs import kinds
+
+    kind = kinds().get(name)
+    return kind.title if kind is not None and kind.title else name
 
 
 def _empty_metrics_text(job: dict) -> str:
