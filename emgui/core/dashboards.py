@@ -409,7 +409,7 @@ def dashboards_job(params: dict, ctx: Any) -> dict:
     items = default_corpus(
         project, samples=samples, datasets=datasets, text_files=text_files, per_dataset=per_dataset
     )
-    ctx.progress(0.0, f"loading '{model_row['name']}' and SAE '{sae_row['name']}'")
+    ctx.progress(0.01, f"loading '{model_row['name']}' and SAE '{sae_row['name']}'")
     tokenizer = load_tokenizer(project, model_row)
     model = load_model(project, model_row, device=device, dtype=dtype)
     check_fits_model(model, sae_row, f"model '{model_row['name']}'")

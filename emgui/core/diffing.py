@@ -471,7 +471,7 @@ def diff_job(params: dict, ctx: Any) -> dict:
     n_answer = sum(sum(e["answer_mask"]) for e in encoded)
     ctx.log(f"{len(encoded)} examples, {n_answer:,} answer tokens; hook {hook}")
 
-    ctx.progress(0.0, f"loading SAE '{sae_row['name']}'")
+    ctx.progress(0.01, f"loading SAE '{sae_row['name']}'")
     sae = load_sae(project, sae_row, device=s["device"])
     results, timing = {}, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     share = 0.45 if s["dashboards"] else 0.9

@@ -272,7 +272,7 @@ def judge_check_job(params: dict, ctx: Any) -> dict:
         (s["dataset_id"], s["question_id"]): {m: prompts[m] for m in ("aligned", "coherent")} for s in samples
     }
     spec = resolve_judge_spec(project, jspec, None, ctx.log)
-    ctx.progress(0.0, "loading the judge")
+    ctx.progress(0.01, "loading the judge")
     judge = open_judge(project, spec)
     try:
         score_samples(ctx, samples, judge, templates, progress=(0.02, 0.98))

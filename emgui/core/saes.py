@@ -855,7 +855,7 @@ def train_job(params: dict, ctx: Any) -> dict:
         acts = load_file(str(cache_path))["acts"]
         ctx.log(f"reusing {acts.shape[0]:,} cached activations from {cache_path}")
     else:
-        ctx.progress(0.0, f"loading model '{model_row['name']}'")
+        ctx.progress(0.01, f"loading model '{model_row['name']}'")
         model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
         resolve_module(model, hook)
         device = str(next(model.parameters()).device)

@@ -213,7 +213,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
         if not questions:
             raise EmguiError(f"steer-sweep: none of question_ids is in question set '{dataset['name']}'")
     targets = _targets(project, cfg["directions"], cfg["latents"])
-    ctx.progress(0.0, f"loading {model_row['name']}")
+    ctx.progress(0.01, f"loading {model_row['name']}")
     model, tokenizer = load_model(project, model_row), load_tokenizer(project, model_row)
     layer_hooks = {layer: layer_hook_name(model, layer) for layer in cfg["layers"]}
     conditions = plan_conditions(
