@@ -437,6 +437,8 @@ class EvaluatePage(Page):
             -1, Qt.SortOrder.AscendingOrder
         )  # overall first
         self.compare_table.setSortingEnabled(True)
+        self.compare_table.resizeColumnsToContents()  # whole headers before any run is chosen
+        self.compare_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         cl.addWidget(self.compare_table, 1)
         self.tabs.addTab(compare, "Compare two runs")
 
@@ -740,13 +742,11 @@ class EvaluatePage(Page):
         if not summaries:
             return
         if all(s["overall"]["misaligned_pct"] is None for s in summaries):
-            note = pg.TextItem(
-                "No coherent, scored answers in the checked runs: judge them, lower the coherence threshold, "
-                "or use a stronger judge.",
-                color="#64748b",
-            )
-            note.setPos(1, -0.5)
-            plot.addItem(note)
+            set_empty(self.bar_plot, (
+                "No coherent, scored answers in the checked runs: judge them (Re-score), lower the coherence "
+                "threshold, or use a stronger judge."
+            ))  # fmt: skip
+            return
         unvalidated = [s for s in summaries if s.get("judge") and not (s.get("judge_check") or {}).get("valid")]
         qids = list(dict.fromkeys(q["question_id"] for s in summaries for q in s["questions"]))
         labels = ["(overall)", *qids]
