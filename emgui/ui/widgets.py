@@ -73,6 +73,11 @@ class Page(QWidget):
     def refresh(self) -> None:
         """Re-read what the page shows from the store."""
 
+    def follow(self, job_id: int | None) -> None:
+        """Show a job just started in its live view (the Jobs page, the job selected)."""
+        if job_id is not None:
+            self.window_.show_job(job_id)
+
 
 class SortableItem(QTableWidgetItem):
     """A table cell that sorts by a number (or any key) instead of its display text."""

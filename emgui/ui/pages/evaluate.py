@@ -1058,6 +1058,7 @@ class EvaluatePage(Page):
             show_error(self, f"Cannot start {kind}", str(exc))
             return []
         self.status.setText(f"submitted {kind} job(s) {', '.join(f'#{j}' for j in jobs)}")
+        self.follow(jobs[0])
         return jobs
 
     def open_job_dialog(self, kind: str) -> int | None:
@@ -1091,6 +1092,7 @@ class EvaluatePage(Page):
             show_error(self, "Cannot check the judge", str(exc))
             return None
         self.status.setText(f"submitted judge check #{job}")
+        self.follow(job)
         return job
 
     def rescore(self) -> int | None:
@@ -1104,6 +1106,7 @@ class EvaluatePage(Page):
             show_error(self, "Cannot re-score", str(exc))
             return None
         self.status.setText(f"submitted judge job #{job}")
+        self.follow(job)
         return job
 
     def import_questions(self) -> None:

@@ -1028,6 +1028,8 @@ class FeaturesPage(Page):
             show_error(self, kind, str(exc))
             return None
         self.status.setText(f"started job #{job_id} ({kind}); follow it here or on the Jobs page")
+        if kind != "sae-train":  # an SAE's training curves are live on the SAEs tab, where it stays
+            self.follow(job_id)
         return job_id
 
     def train_sae(self) -> None:

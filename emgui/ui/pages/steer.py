@@ -1129,6 +1129,7 @@ class SweepsTab(QWidget):
             return None
         self.status.setText(f"sweep #{job_id} queued")
         self._fill_table()
+        self.page.follow(job_id)
         return job_id
 
     def submit_seed(self) -> list[int]:
@@ -1153,6 +1154,7 @@ class SweepsTab(QWidget):
             return []
         self.status.setText("queued sweeps " + ", ".join(f"#{i}" for i in ids))
         self._fill_table()
+        self.page.follow(ids[0] if ids else None)
         return ids
 
 
@@ -1471,6 +1473,7 @@ class DirectionsTab(QWidget):
             show_error(self, f"Cannot start {kind}", str(exc))
             return None
         self.status.setText(f"{kind} #{job_id} queued")
+        self.page.follow(job_id)
         return job_id
 
     def submit_persona(self) -> int | None:
