@@ -226,9 +226,10 @@ class InterventionRow(QFrame):
         self.page, self.item = page, item
         layout = QGridLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
-        self.enabled = QCheckBox(item.label or "intervention")
+        label = item.label or "intervention"
+        self.enabled = QCheckBox(label if len(label) <= 26 else label[:25] + "…")  # the sidebar is narrow
         self.enabled.setChecked(item.enabled)
-        self.enabled.setToolTip("Turn this intervention on or off")
+        self.enabled.setToolTip(f"{label}\nTurn this intervention on or off")
         remove = QPushButton("×")
         remove.setFixedWidth(30)
         remove.setStyleSheet("padding: 2px 4px")
@@ -237,15 +238,19 @@ class InterventionRow(QFrame):
         self.method = QComboBox()
         self.method.addItems(st.METHODS)
         self.method.setCurrentText(item.method)
+        self.method.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.method.setMinimumContentsLength(6)
         self.method.setToolTip(
             "add: h + strength·u · ablate: remove the component along u · clamp: set the projection (a latent's "
             "activation, keeping the SAE's error) to the strength"
         )
         self.scale = scale
         self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setMinimumWidth(40)
         self.slider.setRange(-SLIDER_STEPS, SLIDER_STEPS)
         self.value = _spin(QDoubleSpinBox(), -1e5, 1e5, item.strength, "strength", scale / 20)
         self.value.setDecimals(2)
+        self.value.setFixedWidth(84)
         self._sync_slider()
         layout.addWidget(self.enabled, 0, 0, 1, 2)
         layout.addWidget(remove, 0, 2)
@@ -333,7 +338,7 @@ class LiveTab(QWidget):
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self._build_sidebar())
         split.addWidget(self._build_main())
-        split.setSizes([330, 900])
+        split.setSizes([340, 700])  # the sidebar shows an intervention row whole at 1280 px
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 6, 0, 0)
         layout.addWidget(split)
@@ -386,6 +391,7 @@ class LiveTab(QWidget):
         holder_layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # rows fit the sidebar
         scroll.setWidget(holder)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         layout.addWidget(scroll, 1)
