@@ -35,6 +35,7 @@ from emgui.ui.widgets import (
     human_duration,
     job_duration,
     record_table,
+    set_enabled_why,
     show_error,
 )
 
@@ -328,8 +329,18 @@ class JobsPage(Page):
     def _update_buttons(self) -> None:
         job = self.project.get_job(self.selected_id) if self.project and self.selected_id else None
         active = bool(job and self.bridge and job["id"] in self.bridge.active_jobs())
-        self.cancel_button.setEnabled(active)
-        self.resume_button.setEnabled(bool(job and job["status"] in ("failed", "cancelled", "interrupted")))
+        elsewhere = bool(job and job["status"] in ("queued", "running") and not active)
+        set_enabled_why(
+            self.cancel_button, active,
+            "Started by another process (e.g. the command line): cancel it there, with Ctrl-C" if elsewhere
+            else "Select a queued or running job to cancel it",
+            "Stop the selected job (a resumable one keeps its last checkpoint)",
+        )  # fmt: skip
+        set_enabled_why(
+            self.resume_button, bool(job and job["status"] in ("failed", "cancelled", "interrupted")),
+            "Only a failed, cancelled or interrupted job can be resumed",
+            "Run an interrupted, failed or cancelled job again, from its last checkpoint",
+        )  # fmt: skip
 
     # ----- actions -----------------------------------------------------------------------------------
     def cancel_selected(self) -> None:

@@ -62,7 +62,7 @@ from emgui.core import persona as personas
 from emgui.core import steering as st
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
-from emgui.ui.plots import PALETTE, MetricGrid
+from emgui.ui.plots import PALETTE, MetricGrid, set_empty
 from emgui.ui.widgets import (
     UNVALIDATED,
     Page,
@@ -1003,14 +1003,20 @@ class SweepsTab(QWidget):
         job_id = self.selected_job()
         for plot in (self.misaligned_plot, self.coherence_plot):
             plot.clear()
+        empty = None
         if job_id is None or self.project is None:
-            return
-        job = self.project.get_job(job_id)
-        result = job.get("result") or {}
-        if job["status"] != "succeeded" or "curves" not in result:
-            self.result_label.setText(f"sweep #{job_id} is {job['status']}: {job['message']}")
-            return
-        self.draw(result)
+            empty = ("No sweep chosen. Run one with the form on the left: each strength's misaligned % and "
+                     "coherence appear here, with random directions of equal norm as dashed controls.")  # fmt: skip
+        else:
+            job = self.project.get_job(job_id)
+            result = job.get("result") or {}
+            if job["status"] != "succeeded" or "curves" not in result:
+                self.result_label.setText(f"sweep #{job_id} is {job['status']}: {job['message']}")
+                empty = f"Sweep #{job_id} is {job['status']}: its curves appear here when it has finished."
+        for plot in (self.misaligned_plot, self.coherence_plot):
+            set_empty(plot, empty)
+        if empty is None:
+            self.draw(result)
 
     def draw(self, result: dict) -> int:
         """Draw a sweep's curves; returns the number of curves drawn (real and pooled controls). Without a
@@ -1396,10 +1402,15 @@ class DirectionsTab(QWidget):
         direction_id = self.selected_direction()
         if direction_id is None or self.project is None:
             self.info.setText("")
+            set_empty(self.layer_plot, "Select a direction to see how well each layer separates its two sides.")
             return
         row = st.get_direction_row(self.project, direction_id)
         info = row.get("info") or {}
         scores = info.get("scores") or []
+        set_empty(self.layer_plot, None if scores else (
+            "This direction has no per-layer scores: only persona vectors and directions from two datasets "
+            "choose their layer by separation."
+        ))  # fmt: skip
         if scores:
             xs = [s["layer"] for s in scores]
             self.layer_plot.plot(
