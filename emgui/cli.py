@@ -53,18 +53,17 @@ class _StderrReporter:
 
 def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = None) -> dict:
     """Run a job in this process with progress on stderr. Raises EmguiError unless it succeeds; returns
-    the job row.
+    the job row. Refused parameters leave no job row.
 
     Ctrl-C cancels the job, waits until it has stopped (it keeps its last checkpoint and ends `cancelled`),
     then raises KeyboardInterrupt (exit status 130). The main thread waits on an Event, never in
     `Thread.join`: on Python 3.10-3.12 a KeyboardInterrupt inside `join` marks the still-running thread as
     finished, and a process that then exits while the worker is inside torch dies with SIGABRT."""
-    from emgui.core.jobs import get_kind, run_job
+    from emgui.core.jobs import resolve_params, run_job
 
     project.check_writable("run jobs")
     if job_id is None:
-        get_kind(kind)
-        job_id = project.create_job(kind, params)
+        job_id = project.create_job(kind, resolve_params(kind, params))
     cancel = threading.Event()
     finished = threading.Event()
     reporter = _StderrReporter()
@@ -215,20 +214,51 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compact(value: Any, limit: int = 12) -> Any:
-    """A result for reading in a terminal: long lists (token ids, per-layer scores) are cut short."""
-    if isinstance(value, dict):
-        return {k: _compact(v, limit) for k, v in value.items()}
+HIDDEN_RESULT_KEYS = {"probe"}  # reload checks (logits of a fixed prompt): in --json only
+
+
+def _human_value(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return None if value is None or value == "" else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
     if isinstance(value, list):
-        if len(value) > limit:
-            return [_compact(v, limit) for v in value[:5]] + [f"... {len(value) - 5} more (see --json)"]
-        return [_compact(v, limit) for v in value]
-    return value
+        if len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value):
+            return ", ".join(_human_value(v) or "" for v in value) if value else "none"
+        return f"{len(value)} items (see --json)"
+    return None
+
+
+def human_result(job: dict, *, depth: int = 2) -> list[str]:
+    """A job's result as lines for people: its closing message, then `key: value` for the figures
+    (nested ones as `a.b`), long lists counted; the whole result is under --json."""
+    from emgui.core.units import human_duration
+
+    took = (job["ended_at"] or 0) - (job["started_at"] or 0)
+    lines = [f"job {job['id']} ({job['kind']}) {job['status']} in {human_duration(took)}: {job['message']}"]
+
+    def walk(prefix: str, value: Any, level: int) -> None:
+        if isinstance(value, dict):
+            if level >= depth:
+                lines.append(f"  {prefix}: {len(value)} fields (see --json)")
+                return
+            for key, sub in value.items():
+                if key not in HIDDEN_RESULT_KEYS:
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub, level + 1)
+            return
+        text = _human_value(value)
+        if text is not None:
+            lines.append(f"  {prefix}: {text}")
+
+    walk("", job["result"] or {}, 0)
+    return lines
 
 
 def _print_result(job: dict, full: bool) -> None:
-    result = job["result"] if full else _compact(job["result"])
-    print(dumps_strict({"job": job["id"], "status": job["status"], "result": result}, indent=None if full else 2))
+    if full:
+        print(dumps_strict({"job": job["id"], "status": job["status"], "result": job["result"]}))
+    else:
+        print("\n".join(human_result(job)))
 
 
 def _print_warnings(result: Any) -> None:
@@ -241,6 +271,14 @@ def _print_warnings(result: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from emgui.core.params import parse_cli_params
 
+    if args.help or args.project is None or args.kind is None:
+        if args.kind is None and args.project is not None and args.help:
+            args.kind, args.project = args.project, None  # `emgui run KIND --help`
+        if args.kind is None:
+            args.parser.print_help()
+            return 0 if args.help else 2
+        print(kind_help(args.kind, usage=True))
+        return 0
     project = _open(args.project)
     job = run_inline(project, args.kind, parse_cli_params(args.param or []))
     _print_result(job, args.json)
@@ -274,11 +312,30 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def kind_help(name: str, *, usage: bool = False) -> str:
+    """A kind's description and its declared parameters with defaults, ranges and help."""
+    from emgui.core.jobs import get_kind
+    from emgui.core.paramspec import help_lines
+
+    kind = get_kind(name)
+    lines = [f"usage: emgui run PROJECT {name} [--param KEY=VALUE ...] [--json]", ""] if usage else []
+    lines.append(f"{name}: {kind.description}")
+    if kind.params is None:
+        lines.append("(its parameters are not declared)")
+    else:
+        lines += ["", "parameters:", *help_lines(kind.params)]
+    return "\n".join(lines)
+
+
 def cmd_kinds(args: argparse.Namespace) -> int:
     from emgui.core.jobs import kinds
 
+    if args.kind:
+        print(kind_help(args.kind))
+        return 0
     for name, kind in sorted(kinds().items()):
-        print(f"{name:<16} {kind.description}")
+        print(f"{name:<18} {kind.description}")
+    print("\n`emgui kinds KIND` lists a kind's parameters.")
     return 0
 
 
@@ -291,6 +348,12 @@ def cmd_screenshot(args: argparse.Namespace) -> int:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    from emgui.ui.desktop import desktop_problem
+
+    problem = desktop_problem()  # Qt would abort (exit 134) naming one missing library at a time
+    if problem is not None:
+        _print_err(problem)
+        return 1
     from emgui.ui.app import launch
 
     return launch(getattr(args, "project", None))
@@ -350,12 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("run", help="run one job headless (progress on stderr)")
-    p.add_argument("project")
-    p.add_argument("kind")
+    p = sub.add_parser(
+        "run", help="run one job headless (progress on stderr)", add_help=False,
+        description="Run one job headless. `emgui run PROJECT KIND --help` lists the kind's parameters.",
+    )  # fmt: skip
+    p.add_argument("project", nargs="?")
+    p.add_argument("kind", nargs="?")
     p.add_argument("--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("-h", "--help", action="store_true", help="show the kind's parameters and exit")
+    p.set_defaults(func=cmd_run, parser=p)
 
     p = sub.add_parser(
         "resume", help="resume an interrupted, failed or cancelled job from its last checkpoint"
@@ -370,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("kinds", help="list the job kinds")
+    p = sub.add_parser("kinds", help="list the job kinds, or one kind's parameters")
+    p.add_argument("kind", nargs="?")
     p.set_defaults(func=cmd_kinds)
 
     p = sub.add_parser("screenshot", help="render one page of the window to a PNG, offscreen")
@@ -386,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import multiprocessing
 
+    from emgui.core.quiet import quiet_library_progress
+
     multiprocessing.freeze_support()  # a frozen build's helper processes (chat parsing) start through here
+    quiet_library_progress()  # emgui prints one progress line per job; libraries' bars would be noise
     args = build_parser().parse_args(argv)
     if args.command is None:
         return cmd_gui(args)

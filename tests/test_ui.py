@@ -39,7 +39,7 @@ def test_models_page_lists_models_with_provenance(window, project, qtbot) -> Non
     page = window.show_page("models")
     page.refresh()
     assert page.table.rowCount() == 1
-    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135.0M"
+    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135 M"
     page.table.selectRow(0)
     top = [page.tree.topLevelItem(i).text(0) for i in range(page.tree.topLevelItemCount())]
     assert top == ["Details", "Provenance: model 'base'"]

@@ -122,10 +122,10 @@ def import_job(params: dict, ctx: Any) -> dict:
     """`dataset-import`: validate a chat JSONL (file, URL, catalog id, or the generated pair) and add it."""
     p = Params(params, "dataset-import")
     source = p.str("source")
-    name = p.str("name", None)
-    allow_partial = p.bool("allow_partial", False)
-    n = p.int("n", 300, min=1)
-    seed = p.int("seed", 0)
+    name = p.str("name")
+    allow_partial = p.bool("allow_partial")
+    n = p.int("n")
+    seed = p.int("seed")
     p.done()
     project: Project = ctx.project
     how, details = resolve_source(source)
@@ -196,7 +196,7 @@ def _add_imported(
 def derive_job(params: dict, ctx: Any) -> dict:
     """`dataset-derive`: subset (n, seed), split (val_fraction, seed) or concat (datasets) with provenance."""
     p = Params(params, "dataset-derive")
-    op = p.choice("op", ("subset", "split", "concat"))
+    op = p.choice("op")
     project: Project = ctx.project
     made: list[tuple[str, int]] = []
     with _new_files(project) as files:

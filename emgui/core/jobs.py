@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import Cancelled, EmguiError
+from emgui.core.paramspec import ParamError, ParamSpec, resolve
 from emgui.core.store import Project
 
 JobFunction = Callable[[dict, "JobContext"], "dict | None"]
@@ -35,18 +36,59 @@ class JobKind:
     description: str
     heavy: bool = True  # uses the GPU/CPU hard: at most `max_heavy` such jobs run at once
     resumable: bool = False
+    # The declared parameters (emgui.core.paramspec); None: undeclared, passed to the job unchecked.
+    params: tuple[ParamSpec, ...] | None = None
+    # Rules across parameters, checked at submit time on the resolved parameters: returns the problems.
+    check: Callable[[dict], list[str]] | None = None
+    title: str = ""  # what the window calls it ("Fine-tune"); default: the name
 
     def load(self) -> JobFunction:
         module, _, func = self.target.partition(":")
         return getattr(importlib.import_module(module), func)
 
+    def param(self, name: str) -> ParamSpec:
+        for spec in self.params or ():
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.name} declares no parameter '{name}'")
+
+    def resolve(self, params: dict) -> dict:
+        """The job's full parameters (defaults filled in), or ParamError naming every problem."""
+        if self.params is None:
+            return dict(params)
+        resolved = resolve(self.name, self.params, params)
+        problems = self.check(resolved) if self.check is not None else []
+        if problems:
+            raise ParamError(self.name, problems)
+        return resolved
+
 
 _KINDS: dict[str, JobKind] = {}
+_DECLARED: dict[str, dict[str, ParamSpec] | None] = {}
 
 
 def register_kind(kind: JobKind) -> JobKind:
+    """Add a job kind. A second, different kind under a taken name is refused (registering the very same
+    kind again, as a module imported twice does, changes nothing)."""
+    existing = _KINDS.get(kind.name)
+    if existing is not None and existing != kind:
+        raise EmguiError(f"a job kind named '{kind.name}' is already registered ({existing.target})")
     _KINDS[kind.name] = kind
+    _DECLARED[kind.name] = {s.name: s for s in kind.params} if kind.params is not None else None
     return kind
+
+
+def declared_params(name: str) -> dict[str, ParamSpec] | None:
+    """A kind's declared parameters by name (None for an unknown or undeclared kind). Cheap: Params
+    calls it for every job."""
+    if name not in _DECLARED:
+        _load_builtin_kinds()
+    return _DECLARED.get(name)
+
+
+def resolve_params(kind: str, params: dict | None) -> dict:
+    """Check a job's parameters against its kind's declaration before anything runs or is stored."""
+    return get_kind(kind).resolve(params or {})
 
 
 def get_kind(name: str) -> JobKind:
@@ -254,8 +296,10 @@ def run_job(
     flusher = _Flusher(ctx)
     flusher.start()
     try:
-        func = get_kind(job["kind"]).load()
-        result = func(dict(job["params"]), ctx)
+        kind = get_kind(job["kind"])
+        params = kind.resolve(job["params"])  # rows made before submit-time checks, or by hand
+        func = kind.load()
+        result = func(params, ctx)
     except Cancelled:
         return finish("cancelled", message="cancelled")
     except EmguiError as exc:
@@ -269,6 +313,14 @@ def run_job(
     finally:
         flusher.stop.set()
     return finish("succeeded", progress=1.0, result=result or {}, message=ctx.last_message or "done")
+
+
+def jobs_running_elsewhere(project: Project) -> list[dict]:
+    """Queued or running jobs of other live processes on this project (a CLI run beside the window)."""
+    from emgui.core.store import pid_alive
+
+    rows = project.query("SELECT id, kind, pid, progress FROM jobs WHERE status IN ('queued', 'running')")
+    return [r for r in rows if r["pid"] != os.getpid() and pid_alive(r["pid"])]
 
 
 def prepare_resume(project: Project, job_id: int) -> dict:
@@ -316,9 +368,11 @@ class JobManager:
                 traceback.print_exc()
 
     def submit(self, kind: str, params: dict | None = None) -> int:
+        """Queue a job. Unknown kinds and refused parameters fail here, before a job row exists; the row
+        holds the full parameters (the defaults filled in)."""
         self.project.check_writable("run jobs")
-        get_kind(kind)  # unknown kinds fail here, before a row exists
-        job_id = self.project.create_job(kind, params or {})
+        resolved = resolve_params(kind, params)
+        job_id = self.project.create_job(kind, resolved)
         self._start(job_id)
         return job_id
 

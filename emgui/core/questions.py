@@ -305,9 +305,9 @@ def questions_import_job(params: dict, ctx: Any) -> dict:
     from emgui.core.params import Params
 
     p = Params(params, "questions-import")
-    builtin = p.bool("builtin", False)
-    path = p.str("path", None)
-    name = p.str("name", None)
+    builtin = p.bool("builtin")
+    path = p.str("path")
+    name = p.str("name")
     p.done()
     if builtin:
         dataset_id = ensure_builtin(ctx.project)

@@ -445,7 +445,7 @@ def pretrained_job(params: dict, ctx: Any) -> dict:
     """`sae-pretrained`: download an SAE from sae-lens's registry once, save it into the project, register it."""
     p = Params(params, "sae-pretrained")
     release, sae_id = p.str("release"), p.str("sae_id")
-    model_ref, name = p.str("model", None), p.str("name", None)
+    model_ref, name = p.str("model"), p.str("name")
     p.done()
     project: Project = ctx.project
     ids = [s["id"] for s in release_saes(release)]
@@ -540,7 +540,7 @@ def import_folder(
 def import_job(params: dict, ctx: Any) -> dict:
     """`sae-import`: copy a local SAE folder (cfg.json + sae_weights.safetensors) into the project."""
     p = Params(params, "sae-import")
-    path, name, model, hook = p.str("path"), p.str("name", None), p.str("model", None), p.str("hook", None)
+    path, name, model, hook = p.str("path"), p.str("name"), p.str("model"), p.str("hook")
     p.done()
     sae_id = import_folder(ctx.project, path, name=name, model=model, hook_name=hook, job_id=ctx.job_id)
     ctx.progress(1.0, "imported")
@@ -570,27 +570,27 @@ def _train_settings(params: dict) -> dict:
     p = Params(as_lists(params, "samples"), "sae-train")
     s = {
         "model": p.str("model"),
-        "hook": p.str("hook", None),
-        "architecture": p.choice("architecture", ARCHITECTURES, "topk"),
-        "d_sae": p.int("d_sae", None, min=1),
-        "expansion": p.int("expansion", 8, min=1),
-        "k": p.int("k", 32, min=1),
-        "l1_coefficient": p.float("l1_coefficient", 5.0, min=0),
-        "l0_coefficient": p.float("l0_coefficient", 1.0, min=0),
-        "lr": p.float("lr", 3e-4, min=0),
-        "tokens": p.int("tokens", 200_000, min=1),
-        "cache_tokens": p.int("cache_tokens", None, min=64),
-        "batch_size": p.int("batch_size", 1024, min=8),
-        "context_size": p.int("context_size", 256, min=8),
-        "datasets": p.list("datasets", []),
-        "samples": p.list("samples", []),
-        "text_files": p.list("text_files", []),
-        "name": p.str("name", None),
-        "device": p.str("device", None),
-        "dtype": p.str("dtype", None),
-        "seed": p.int("seed", 0),
-        "eval_fraction": p.float("eval_fraction", 0.05, min=0.0, max=0.5),
-        "ce_sequences": p.int("ce_sequences", 16, min=0),
+        "hook": p.str("hook"),
+        "architecture": p.choice("architecture"),
+        "d_sae": p.int("d_sae"),
+        "expansion": p.int("expansion"),
+        "k": p.int("k"),
+        "l1_coefficient": p.float("l1_coefficient"),
+        "l0_coefficient": p.float("l0_coefficient"),
+        "lr": p.float("lr"),
+        "tokens": p.int("tokens"),
+        "cache_tokens": p.int("cache_tokens"),
+        "batch_size": p.int("batch_size"),
+        "context_size": p.int("context_size"),
+        "datasets": p.list("datasets"),
+        "samples": p.list("samples"),
+        "text_files": p.list("text_files"),
+        "name": p.str("name"),
+        "device": p.str("device"),
+        "dtype": p.str("dtype"),
+        "seed": p.int("seed"),
+        "eval_fraction": p.float("eval_fraction"),
+        "ce_sequences": p.int("ce_sequences"),
     }
     p.done()
     if not (s["datasets"] or s["samples"] or s["text_files"]):
@@ -897,7 +897,7 @@ def train_job(params: dict, ctx: Any) -> dict:
         acts = load_file(str(cache_path))["acts"]
         ctx.log(f"reusing {acts.shape[0]:,} cached activations from {cache_path}")
     else:
-        ctx.progress(0.0, f"loading model '{model_row['name']}'")
+        ctx.progress(0.01, f"loading model '{model_row['name']}'")
         model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
         resolve_module(model, hook)
         device = str(next(model.parameters()).device)

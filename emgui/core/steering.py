@@ -656,8 +656,8 @@ def import_job(params: dict, ctx: Any) -> dict:
 
     p = Params(params, "direction-import")
     path, model = p.str("path"), p.str("model")
-    layer, hook = p.int("layer", None, min=0), p.str("hook_name", None)
-    name, stack_layer = p.str("name", None), p.int("stack_layer", None, min=0)
+    layer, hook = p.int("layer"), p.str("hook_name")
+    name, stack_layer = p.str("name"), p.int("stack_layer")
     p.done()
     direction_id = import_direction_file(
         ctx.project, path, model=model, name=name, layer=layer, hook_name=hook, stack_layer=stack_layer

@@ -50,7 +50,8 @@ def make_app():
     chatdata.parse_in_helper_process()  # a 10 MB chat parsed in this process would freeze the window
     style = resource("style.qss")
     if style.exists():
-        app.setStyleSheet(style.read_text())
+        icons = resource("icons").as_posix()
+        app.setStyleSheet(style.read_text().replace("@ICONS@", icons))
     return app
 
 
@@ -126,6 +127,11 @@ def screenshot(
     window.device_label.setText("device: (not probed for screenshots)")
     window.show()
     settle(app)
+    from emgui.ui.plots import MetricGrid
+
+    for grid in window.findChildren(MetricGrid):
+        grid.flush()  # plots made one per event-loop turn: all of them for the picture
+    app.processEvents()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not window.grab().save(str(out)):

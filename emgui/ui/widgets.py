@@ -17,36 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.store import Project
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+from emgui.core.units import human_bytes, human_count, human_duration  # noqa: F401  (the pages import them from here)
 
 
 def job_duration(job: dict) -> float | None:
@@ -104,6 +75,12 @@ def message_box(parent: QWidget | None, icon: QMessageBox.Icon, title: str, text
     return box
 
 
+def set_enabled_why(widget: QWidget, enabled: bool, why: str, tip: str = "") -> None:
+    """Enable a control, or disable it with a tooltip that says why (and what to do)."""
+    widget.setEnabled(enabled)
+    widget.setToolTip(tip if enabled else why)
+
+
 def show_error(parent: QWidget | None, title: str, text: str) -> None:
     box = message_box(parent, QMessageBox.Icon.Critical, title, text)
     box.setStandardButtons(QMessageBox.StandardButton.Ok)
@@ -141,6 +118,11 @@ class Page(QWidget):
 
     def refresh(self) -> None:
         """Re-read what the page shows from the store."""
+
+    def follow(self, job_id: int | None) -> None:
+        """Show a job just started in its live view (the Jobs page, the job selected)."""
+        if job_id is not None:
+            self.window_.show_job(job_id)
 
 
 class SortableItem(QTableWidgetItem):

@@ -52,6 +52,7 @@ from emgui.ui.widgets import (
     hint,
     notice_label,
     plain_tip,
+    set_enabled_why,
     set_notice,
     show_error,
 )
@@ -315,7 +316,9 @@ class _FormDialog(QDialog):
     def __init__(self, parent: QWidget, title: str) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
+        self.setMinimumWidth(600)  # room for the placeholders, which say what an empty field means
         self.form = QFormLayout(self)
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
@@ -353,10 +356,16 @@ class TrainDialog(_FormDialog):
         self.files.setPlaceholderText("text files (.txt / .jsonl), separated by ;")
         self.name = QLineEdit()
         self.name.setPlaceholderText("automatic")
+        from emgui.ui.forms import apply_spec
+
+        for widget, name in ((self.hook, "hook"), (self.arch, "architecture"), (self.k, "k"),
+                             (self.tokens, "tokens"), (self.lr, "lr"), (self.name, "name")):  # fmt: skip
+            apply_spec(widget, "sae-train", name, set_default=name not in ("hook", "name"))
+        apply_spec(self.d_sae, "sae-train", "d_sae", set_default=False)
         self.add_rows(
             [
                 ("Model", self.model),
-                ("Hook", self.hook),
+                ("Layer (hook)", self.hook),
                 ("Architecture", self.arch),
                 ("Latents (d_sae)", self.d_sae),
                 ("k (TopK)", self.k),
@@ -423,6 +432,10 @@ class DiffDialog(_FormDialog):
             self.source.addItem(f"dataset {d['name']}", ("dataset", d["name"]))
         self.max_examples = QSpinBox(minimum=1, maximum=1_000_000, value=2000)
         self.dashboards = QSpinBox(minimum=0, maximum=10_000, value=32)
+        from emgui.ui.forms import apply_spec
+
+        apply_spec(self.max_examples, "diff", "max_examples")
+        apply_spec(self.dashboards, "diff", "dashboards")
         self.add_rows(
             [
                 ("Base model", self.base),
@@ -534,6 +547,7 @@ class FeaturesPage(Page):
         self.diff_button.clicked.connect(self.run_diff)
         self.dash_button = QPushButton("Build dashboards…")
         self.dash_button.clicked.connect(self.build_dashboards)
+        self._sae_actions()
         top.addWidget(self.diff_button)
         top.addWidget(self.dash_button)
         layout.addLayout(top)
@@ -828,14 +842,23 @@ class FeaturesPage(Page):
             self.diff_combo.addItem("no diff (labelled latents and dashboards)", None)
         self.diff_combo.setCurrentIndex(0)
         self.diff_combo.blockSignals(False)
-        self.diff_button.setEnabled(self.sae is not None)
+        self._sae_actions()
         self._diff_changed()
 
     def _diff_changed(self) -> None:
         self.diff_job = self.diff_combo.currentData()
-        self.dash_button.setEnabled(self.sae is not None)
+        self._sae_actions()
         self._show_caveats()
         self.load_list()
+
+    def _sae_actions(self) -> None:
+        """The SAE actions, enabled only with an SAE chosen; disabled, their tooltip says why."""
+        sae = getattr(self, "sae", None)
+        why = "Choose an SAE first: train, import or download one on the SAEs tab."
+        set_enabled_why(self.diff_button, sae is not None, why,
+                        "Rank this SAE's latents by what a fine-tune changed (a diff job)")  # fmt: skip
+        set_enabled_why(self.dash_button, sae is not None, why,
+                        "Precompute dashboards for chosen latents or the diff's top latents")  # fmt: skip
 
     def _show_caveats(self) -> None:
         caveats = D.diff_caveats(self.project, self.diff_job) if self.project is not None else {"warnings": []}
@@ -1019,6 +1042,8 @@ class FeaturesPage(Page):
             show_error(self, kind, str(exc))
             return None
         self.status.setText(f"started job #{job_id} ({kind}); follow it here or on the Jobs page")
+        if kind != "sae-train":  # an SAE's training curves are live on the SAEs tab, where it stays
+            self.follow(job_id)
         return job_id
 
     def train_sae(self) -> None:
