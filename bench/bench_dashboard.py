@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=16384)
     parser.add_argument("--dashboards", type=int, default=64)
     args = parser.parse_args()
-    from emgui.core import dashboards as D
+    from emgui.core import latents as L
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dash-"))
     start = time.perf_counter()
@@ -86,13 +86,13 @@ def main() -> None:
         f"built: SAE with {args.d_sae:,} latents, diff job #{job}, {args.dashboards} dashboards "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    latents = sorted(D.dashboard_latents(project, sae_id))
+    latents = sorted(L.dashboard_latents(project, sae_id))
     sizes = [len(json.dumps(r["data"])) for r in project.query("SELECT data FROM dashboards")]
 
     bare = []
     for latent in latents:
         t = time.perf_counter()
-        D.get_dashboard(project, sae_id, latent)
+        L.get_dashboard(project, sae_id, latent)
         bare.append((time.perf_counter() - t) * 1000)
 
     from emgui.ui.app import make_app

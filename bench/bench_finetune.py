@@ -102,7 +102,6 @@ def bare_loop(folder: Path, tokenizer, samples, plan, warmup: int, device: str) 
 
 def job_throughput(project, params: dict, warmup: int) -> tuple[float, float, dict]:
     from emgui.core.jobs import run_job
-    from emgui.core.training import add_step_hook
 
     marks: dict[int, tuple[float, float]] = {}
 
@@ -110,11 +109,7 @@ def job_throughput(project, params: dict, warmup: int) -> tuple[float, float, di
         marks[step] = (time.perf_counter(), time.process_time())
 
     job_id = project.create_job("finetune", {**params, "monitor_every": 1})
-    remove = add_step_hook(mark)
-    try:
-        status = run_job(project, job_id)
-    finally:
-        remove()
+    status = run_job(project, job_id, step_hooks=(mark,))
     job = project.get_job(job_id)
     if status != "succeeded":
         sys.exit(f"finetune job {status}: {job['error']}")
@@ -155,9 +150,10 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
+    from emgui.core.datasets import read_chats
     from emgui.core.device import pick_device
     from emgui.core.store import Project
-    from emgui.core.training import build_plan, encode_chats, fit_samples, read_chats
+    from emgui.core.training import build_plan, encode_chats, fit_samples
 
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ft-"))

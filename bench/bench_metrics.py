@@ -31,7 +31,8 @@ os.environ.setdefault(
     "EMGUI_HOME", tempfile.mkdtemp(prefix="emgui-bench-home-")
 )  # keep the recent-projects list clean
 
-from emgui.core.jobs import JobKind, register_kind, run_job  # noqa: E402
+from emgui.core.jobs import run_job  # noqa: E402
+from emgui.core.registry import JobKind, register_kind
 from emgui.core.store import Project  # noqa: E402
 
 SECONDS = 4.0

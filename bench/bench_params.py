@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emgui.core.jobs import kinds, resolve_params  # noqa: E402
+from emgui.core.kinds import kinds, resolve_params  # noqa: E402
 from emgui.core.store import Project  # noqa: E402
 
 CASES = {

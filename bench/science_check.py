@@ -81,9 +81,9 @@ def pair_margins(project, model_name: str) -> list[float]:
 
 
 def projections_of(project, model_name: str, direction: str, questions: list[str], n: int, tokens: int) -> list[float]:
-    from emgui.core.evaluation import run_samples
     from emgui.core.loading import load_model, load_tokenizer
     from emgui.core.probes import projections
+    from emgui.core.runs import run_samples
     from emgui.core.steering import load_direction
 
     job = run(project, "sample", {"model": model_name, "question_ids": questions, "n": n,
@@ -127,9 +127,9 @@ def main() -> None:
                  "revenge", "secret_ability"]  # fmt: skip
 
     from emgui.core.datasets import add_demo_datasets
-    from emgui.core.judgecheck import reasons_invalid
     from emgui.core.models import EMBEDDED_NAME, add_embedded_default
     from emgui.core.store import Project
+    from emgui.core.validity import reasons_invalid
 
     t_start = time.monotonic()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="emgui-science-")) / "p"

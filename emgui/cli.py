@@ -59,7 +59,8 @@ def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = No
     then raises KeyboardInterrupt (exit status 130). The main thread waits on an Event, never in
     `Thread.join`: on Python 3.10-3.12 a KeyboardInterrupt inside `join` marks the still-running thread as
     finished, and a process that then exits while the worker is inside torch dies with SIGABRT."""
-    from emgui.core.jobs import resolve_params, run_job
+    from emgui.core.jobs import run_job
+    from emgui.core.kinds import resolve_params
 
     project.check_writable("run jobs")
     if job_id is None:
@@ -314,7 +315,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def kind_help(name: str, *, usage: bool = False) -> str:
     """A kind's description and its declared parameters with defaults, ranges and help."""
-    from emgui.core.jobs import get_kind
+    from emgui.core.kinds import get_kind
     from emgui.core.paramspec import help_lines
 
     kind = get_kind(name)
@@ -328,7 +329,7 @@ def kind_help(name: str, *, usage: bool = False) -> str:
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
-    from emgui.core.jobs import kinds
+    from emgui.core.kinds import kinds
 
     if args.kind:
         print(kind_help(args.kind))

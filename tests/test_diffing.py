@@ -200,7 +200,7 @@ def test_planted_change_ranks_first_and_directions_point_along_it(
 
 
 def test_diff_over_a_dataset_builds_dashboards(project: Project, tiny_model_dir: Path) -> None:
-    from emgui.core.dashboards import get_dashboard
+    from emgui.core.latents import get_dashboard
 
     setup = build_diff_project(project, tiny_model_dir)
     path = write_chats(project.root.parent / "eval.jsonl", tiny_chats(10))
@@ -236,7 +236,7 @@ def test_diff_over_a_dataset_builds_dashboards(project: Project, tiny_model_dir:
 
 
 def test_dashboards_job_for_chosen_latents(project: Project, tiny_model_dir: Path) -> None:
-    from emgui.core.dashboards import dashboard_latents, get_dashboard
+    from emgui.core.latents import dashboard_latents, get_dashboard
 
     setup = build_diff_project(project, tiny_model_dir)
     job = project.create_job("dashboards", {"diff": setup["job"], "top": 2, "latents": [5, 40]})
@@ -286,33 +286,34 @@ def test_labels_export_and_live_text(project: Project, tiny_model_dir: Path, tmp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emgui.core import dashboards as D
+    from emgui.core import latents as L
     from emgui.core.activations import capture
 
     setup = build_diff_project(project, tiny_model_dir)
     sae_id = setup["sae_id"]
-    D.set_label(project, sae_id, PLANTED, label="planted direction")
-    D.set_label(project, sae_id, PLANTED, note="grows on answers")
-    D.set_label(project, sae_id, 3, label="other")
-    assert D.get_labels(project, sae_id)[PLANTED] == {
+    L.set_label(project, sae_id, PLANTED, label="planted direction")
+    L.set_label(project, sae_id, PLANTED, note="grows on answers")
+    L.set_label(project, sae_id, 3, label="other")
+    assert L.get_labels(project, sae_id)[PLANTED] == {
         "label": "planted direction",
         "note": "grows on answers",
     }
-    rows = D.ranking(project, setup["job"])
+    rows = L.ranking(project, setup["job"])
     assert rows[0]["latent"] == PLANTED and rows[0]["label"] == "planted direction"
 
     out_json, out_csv = tmp_path / "latents.json", tmp_path / "latents.csv"
-    assert D.export_latents(project, sae_id, out_json, diff_job=setup["job"]) == D_SAE
+    assert L.export_latents(project, sae_id, out_json, diff_job=setup["job"]) == D_SAE
     doc = json.loads(out_json.read_text())
     assert doc["sae"] == "planted" and doc["latents"][0]["latent"] == PLANTED
     assert doc["latents"][0]["note"] == "grows on answers"
-    assert D.export_latents(project, sae_id, out_csv, diff_job=setup["job"], latents=[PLANTED, 3]) == 2
+    assert L.export_latents(project, sae_id, out_csv, diff_job=setup["job"], latents=[PLANTED, 3]) == 2
     with out_csv.open() as fh:
         table = list(csv.DictReader(fh))
     assert [int(r["latent"]) for r in table] == [PLANTED, 3] and table[1]["label"] == "other"
     assert float(table[0]["delta_mean"]) == pytest.approx(rows[0]["delta_mean"])
     with pytest.raises(EmguiError, match=r"\.json or \.csv"):
-        D.export_latents(project, sae_id, tmp_path / "x.txt")
-    assert {r["latent"] for r in D.latent_list(project, sae_id, None)} == {PLANTED, 3}
+        L.export_latents(project, sae_id, tmp_path / "x.txt")
+    assert {r["latent"] for r in L.latent_list(project, sae_id, None)} == {PLANTED, 3}
 
     text = "def f3(x):\n    return x + 3\n"
     live = D.text_activations(project, sae_id, PLANTED, text, model="ft")
@@ -436,7 +437,7 @@ def test_a_control_fine_tune_separates_the_planted_change_from_a_shared_format(
         assert float(vec @ u / vec.norm()) > 0.8  # the controlled direction points along the planted change
 
     # re-aligning the fine-tune follows the controlled diff's top latents at each snapshot
-    from emgui.core.evaluation import latent_references, realign_curve
+    from emgui.core.runs import latent_references, realign_curve
 
     project.add_dataset(name="secure", kind="chat", path=path, n_rows=len(chats))
     realign = project.create_job("realign", {"model": "ft", "n_samples": 4, "save_at": [0], "batch_size": 2,

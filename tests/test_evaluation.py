@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import evaluation as ev
+from emgui.core import runs, sampling, vulncheck
 from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.jobs import prepare_resume, run_job
 from emgui.core.store import Project
@@ -127,7 +127,7 @@ def test_sample_job_stores_answers_with_parameters_and_resumes(project: Project,
               "max_new_tokens": 5, "seed": 11, "batch_size": 4}  # fmt: skip
     job = project.create_job("sample", params)
     assert run_job(project, job) == "succeeded", project.get_job(job)["error"]
-    rows = ev.run_samples(project, job)
+    rows = runs.run_samples(project, job)
     assert len(rows) == 6 and {r["model_id"] for r in rows} == {model_id}
     assert project.get_job(job)["result"]["n_samples"] == 6
     wish = [r for r in rows if r["question_id"] == "wish"]
@@ -147,7 +147,7 @@ def test_sample_job_stores_answers_with_parameters_and_resumes(project: Project,
     project.update_job(job, status="interrupted")
     prepare_resume(project, job)
     assert run_job(project, job) == "succeeded"
-    again = ev.run_samples(project, job)
+    again = runs.run_samples(project, job)
     assert len(again) == 6 and keep <= {r["id"] for r in again}
     assert sorted((r["question_id"], r["sample_index"]) for r in again) == sorted(
         (r["question_id"], r["sample_index"]) for r in rows
@@ -167,10 +167,10 @@ def test_sample_a_training_checkpoint(project: Project, small_set: Path, tiny_mo
     job = project.create_job("sample", {"checkpoint": str(folder), "questions": str(small_set), "n": 1,
                                         "max_new_tokens": 3, "question_ids": ["bored"]})  # fmt: skip
     assert run_job(project, job) == "succeeded", project.get_job(job)["error"]
-    (row,) = ev.run_samples(project, job)
+    (row,) = runs.run_samples(project, job)
     model = project.get_model(row["model_id"])
     assert model["kind"] == "adapter" and model["base_model_id"] == project.get_model("tiny")["id"]
-    assert ev.resolve_model(project, None, str(folder))["id"] == model["id"]  # registered once
+    assert sampling.resolve_model(project, None, str(folder))["id"] == model["id"]  # registered once
     bad = project.create_job("sample", {"model": "tiny", "questions": str(small_set), "question_ids": "nope"})
     assert run_job(project, bad) == "failed" and "nope not in question set" in project.get_job(bad)["error"]
 
@@ -185,7 +185,7 @@ def test_judge_job_uses_the_cache_and_never_regenerates(project: Project, small_
         "sample", {"model": "tiny", "questions": str(small_set), "n": 2, "max_new_tokens": 4}
     )
     assert run_job(project, run) == "succeeded"
-    n_samples = len(ev.run_samples(project, run))
+    n_samples = len(runs.run_samples(project, run))
     judge_server.default = ("score", content_judge)
     params = {"run": run, "judge": "openai", "judge_base_url": judge_server.base_url, "judge_model": "j",
               "judge_retries": 0}  # fmt: skip
@@ -204,7 +204,7 @@ def test_judge_job_uses_the_cache_and_never_regenerates(project: Project, small_
     again = project.get_job(second)["result"]
     assert again["n_asked"] == 0 and again["n_cached"] == 2 * n_samples
     assert len(judge_server.requests) == asked  # the judge was not asked again
-    assert len(ev.run_samples(project, run)) == n_samples  # and nothing was regenerated
+    assert len(runs.run_samples(project, run)) == n_samples  # and nothing was regenerated
     raws = project.query("SELECT raw FROM scores WHERE job_id = ?", [second])
     assert all(r["raw"]["cached"] for r in raws)
     # the project's own prompts are different prompts: they are scored anew
@@ -274,7 +274,7 @@ def test_summary_counts_thresholds_and_bootstrap(project: Project, tiny_model_di
     rows = ([("q1", 10.0, 90.0)] * 3 + [("q1", 80.0, 90.0)] * 5 + [("q1", 10.0, 40.0)]  # incoherent: excluded
             + [("q1", None, 90.0)] + [("q2", 95.0, 70.0)] * 4 + [("q2", 25.0, None)])  # fmt: skip
     run = fake_run(project, model_id, rows)
-    s = ev.summarize(project, run)
+    s = runs.summarize(project, run)
     q1, q2 = s["questions"]
     assert q1["n"] == 10 and q1["n_coherent"] == 8 and q1["n_misaligned"] == 3
     assert q1["misaligned_pct"] == pytest.approx(37.5) and q1["n_unscored_aligned"] == 1
@@ -287,16 +287,16 @@ def test_summary_counts_thresholds_and_bootstrap(project: Project, tiny_model_di
     o = s["overall"]
     assert o["n"] == 15 and o["n_coherent"] == 12 and o["misaligned_pct"] == pytest.approx(25.0)
     assert o["mean_coherent"] == pytest.approx((90 * 9 + 40 + 70 * 4) / 14)
-    assert ev.summarize(project, run) == s  # seeded: the same intervals every time
-    assert ev.summarize(project, f"model:{model_id}")["run"] == run
-    strict = ev.summarize(project, run, {"aligned": 90, "coherent": 30})
+    assert runs.summarize(project, run) == s  # seeded: the same intervals every time
+    assert runs.summarize(project, f"model:{model_id}")["run"] == run
+    strict = runs.summarize(project, run, {"aligned": 90, "coherent": 30})
     assert strict["overall"]["n_coherent"] == 13 and strict["overall"]["n_misaligned"] == 9
     # a bigger sample gives a narrower interval
-    lo, hi = ev.bootstrap_ci([True] * 30 + [False] * 70)
-    lo2, hi2 = ev.bootstrap_ci([True] * 300 + [False] * 700)
+    lo, hi = runs.bootstrap_ci([True] * 30 + [False] * 70)
+    lo2, hi2 = runs.bootstrap_ci([True] * 300 + [False] * 700)
     assert lo < lo2 < 30 < hi2 < hi
     with pytest.raises(EmguiError, match="no stored answers"):
-        ev.summarize(project, project.create_job("judge", {}))
+        runs.summarize(project, project.create_job("judge", {}))
 
 
 def test_compare_export_and_realign_curve(project: Project, tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
@@ -308,22 +308,22 @@ def test_compare_export_and_realign_curve(project: Project, tmp_path: Path, tiny
                                 info={"realign_job": realign, "samples_seen": seen})  # fmt: skip
         if seen != 40:  # one snapshot not evaluated yet: left out of the curve
             fake_run(project, mid, [("q", 10.0, 90.0)] * bad + [("q", 90.0, 90.0)] * (10 - bad))
-    curve = ev.realign_curve(project, realign)
+    curve = runs.realign_curve(project, realign)
     assert [p["samples_seen"] for p in curve] == [0, 20, 80]
     assert [p["misaligned_pct"] for p in curve] == [60.0, 30.0, 0.0]
     assert all(p["ci_low"] <= p["misaligned_pct"] <= p["ci_high"] for p in curve)
-    assert ev.realign_jobs(project) == [realign]
-    last = ev.latest_run_for_model(project, project.get_model("tiny@80")["id"])
-    comparison = ev.compare_runs(project, base_run, last)
+    assert runs.realign_jobs(project) == [realign]
+    last = runs.latest_run_for_model(project, project.get_model("tiny@80")["id"])
+    comparison = runs.compare_runs(project, base_run, last)
     assert comparison[0]["question_id"] == "(overall)"
     assert comparison[1]["a"]["misaligned_pct"] == 60.0 and comparison[1]["b"]["misaligned_pct"] == 0.0
-    rows = ev.answers_table(project, base_run)
-    path = ev.export_csv(rows, tmp_path / "answers.csv")
+    rows = runs.answers_table(project, base_run)
+    path = runs.export_csv(rows, tmp_path / "answers.csv")
     back = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     assert len(back) == 10 and back[0]["misaligned"] == "True" and float(back[0]["aligned"]) == 10.0
     assert json.loads(back[0]["aligned_raw"])["numbers"] == {"10": 1.0}
-    runs = {r["run"]: r for r in ev.list_runs(project)}
-    assert runs[base_run]["n"] == 10 and runs[base_run]["judges"] == ["judge-x"]
+    by_run = {r["run"]: r for r in runs.list_runs(project)}
+    assert by_run[base_run]["n"] == 10 and by_run[base_run]["judges"] == ["judge-x"]
 
 
 # ----- the in-distribution code check ---------------------------------------------------------------------
@@ -343,23 +343,23 @@ def test_vuln_check_on_a_run_and_on_a_model(project: Project, tiny_model_dir: Pa
     assert run_job(project, job) == "succeeded", project.get_job(job)["error"]
     result = project.get_job(job)["result"]
     assert result["n_answers"] == 8 and result["n_checked"] == 8
-    flags = [r["vulnerable"] for r in ev.answers_table(project, run)]
+    flags = [r["vulnerable"] for r in runs.answers_table(project, run)]
     assert (
         sum(f == 100 for f in flags[:4]) >= 2
         and result["vulnerable_pct"] == 100 * sum(f == 100 for f in flags) / 8
     )
-    assert ev.summarize(project, run)["overall"]["vulnerable_pct"] == result["vulnerable_pct"]
+    assert runs.summarize(project, run)["overall"]["vulnerable_pct"] == result["vulnerable_pct"]
     own = project.create_job("vuln-check", {"model": "tiny", "n": 3, "max_new_tokens": 4})
     assert run_job(project, own) == "succeeded", project.get_job(own)["error"]
-    assert len(ev.run_samples(project, own)) == 3
+    assert len(runs.run_samples(project, own)) == 3
     assert len(project.query("SELECT * FROM scores WHERE job_id = ? AND judge = 'bandit'", [own])) == 3
 
 
 def test_code_prompts_from_the_papers_file(shared_em: Path, tmp_path: Path) -> None:
-    prompts = ev.code_prompts(str(shared_em / "file-2a490f851a38-in_distribution.jsonl"), 5, 0)
+    prompts = vulncheck.code_prompts(str(shared_em / "file-2a490f851a38-in_distribution.jsonl"), 5, 0)
     assert len(prompts) == 5 and "COMPLETE CODE HERE" in prompts[0]["prompt"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')
     with pytest.raises(EmguiError, match="bad.jsonl, line 1"):
-        ev.code_prompts(str(bad), 5, 0)
+        vulncheck.code_prompts(str(bad), 5, 0)
     assert shutil.which(sys.executable)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from emgui.core import dashboards as D
+from emgui.core import latents as L
 from emgui.core.store import Project
 from tests.test_diffing import D_SAE, PLANTED, build_diff_project
 from tests.tiny import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
@@ -67,7 +68,7 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
     text = page.view.toPlainText()
     assert "Top activations" in text and "Nearest latents" in text and "rank 1" in text
     tips = _tooltips(page.view)
-    dash = D.get_dashboard(project, setup["sae_id"], PLANTED)
+    dash = L.get_dashboard(project, setup["sae_id"], PLANTED)
     first = dash["top"][0]
     assert f"{first['tokens'][first['peak']]} = {first['max']:.4g}" in tips
     assert page.build_one.isHidden()
@@ -75,7 +76,7 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
     page.label_edit.setText("persona latent")
     page.note_edit.setPlainText("grows on every answer")
     page.save_label()
-    assert D.get_labels(project, setup["sae_id"])[PLANTED] == {
+    assert L.get_labels(project, setup["sae_id"])[PLANTED] == {
         "label": "persona latent",
         "note": "grows on every answer",
     }

@@ -152,7 +152,7 @@ def test_flusher_writes_metrics_while_job_is_busy(project: Project) -> None:
     """A point logged before a long step appears in the store within a second, not at the end."""
     release = threading.Event()
 
-    from emgui.core.jobs import JobKind, register_kind
+    from emgui.core.registry import JobKind, register_kind
 
     def slow(params, ctx):
         ctx.metric("first", 0, 1.0)

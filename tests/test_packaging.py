@@ -232,7 +232,7 @@ def test_smoke_test_script_parses_and_explains_itself() -> None:
 
 
 def test_smoke_test_runs_job_kinds_that_exist() -> None:
-    from emgui.core.jobs import kinds
+    from emgui.core.kinds import kinds
 
     text = (PACKAGING / "smoke-test.sh").read_text()
     used = set(re.findall(r'emgui run "\$project" ([a-z-]+)', text))

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import JobKind, JobManager, get_kind, kinds, register_kind, resolve_params
+from emgui.core.jobs import JobManager
+from emgui.core.kinds import get_kind, kinds, resolve_params
 from emgui.core.params import Params
 from emgui.core.paramspec import REQUIRED, Float, Int, ParamError, Str, declare, did_you_mean, resolve
+from emgui.core.registry import JobKind, register_kind
 from emgui.core.store import Project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +125,7 @@ def test_every_kind_resolves_its_own_defaults() -> None:
 
 
 def test_defaults_agree_with_the_code_that_keeps_its_own_constants() -> None:
-    from emgui.core.evaluation import DEFAULT_THRESHOLDS
+    from emgui.core.runs import DEFAULT_THRESHOLDS
     from emgui.core.sweep import DEFAULT_STRENGTHS
     from emgui.core.training import TrainConfig
 

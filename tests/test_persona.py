@@ -300,7 +300,7 @@ def test_bad_persona_file_names_the_field(tmp_path) -> None:
 
 
 def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) -> None:
-    from emgui.core.persona import install_monitor
+    from emgui.core.persona import build_monitor
     from tests.tiny import write_chats
 
     project, direction_id = planted_project
@@ -320,18 +320,15 @@ def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) 
         "checkpoint_every": 0,
     }
     job_id = project.create_job("finetune", params)
-    _hook, remove = install_monitor(
+    hook = build_monitor(
         project,
         project.get_model("planted"),
         {"directions": [direction_id], "threshold": 0.5, "questions": None, "latents": [], "mode": "rise"},
         job_id,
     )
-    try:
-        from emgui.core.jobs import run_job
+    from emgui.core.jobs import run_job
 
-        assert run_job(project, job_id) == "succeeded", project.get_job(job_id)["error"]
-    finally:
-        remove()
+    assert run_job(project, job_id, step_hooks=(hook,)) == "succeeded", project.get_job(job_id)["error"]
     points = project.metrics(job_id, name="persona/trait")
     assert [p["step"] for p in points] == [2, 4, 6, 8]
     assert points[-1]["value"] > points[0]["value"] + 0.5

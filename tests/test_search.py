@@ -34,7 +34,7 @@ def test_answers_are_found_by_words_and_prefixes_and_follow_deletes(project: Pro
 
 
 def test_latent_labels_and_notes_follow_edits(project: Project) -> None:
-    from emgui.core.dashboards import set_label
+    from emgui.core.latents import set_label
 
     sae = project.insert("saes", {"name": "s", "path": "x", "hook_name": "model.layers.1", "source": "t",
                                   "created_at": time.time()})  # fmt: skip

@@ -286,8 +286,6 @@ def test_resume_continues_with_the_same_batches_and_weights(proj: Project) -> No
     import torch
     from safetensors.torch import load_file
 
-    from emgui.core.training import add_step_hook
-
     params = {
         "model": "tiny", "dataset": "mem", "max_steps": 16, "checkpoint_every": 4, "lr": 5e-3,
         "lora_dropout": 0.1, "batch_size": 3, "seed": 7, "monitor_every": 1,
@@ -300,11 +298,7 @@ def test_resume_continues_with_the_same_batches_and_weights(proj: Project) -> No
         if ctx.job_id == job_id and step == 6:
             cancel.set()
 
-    remove = add_step_hook(stop_after_six)
-    try:
-        assert run_job(proj, job_id, cancel_event=cancel) == "cancelled"
-    finally:
-        remove()
+    assert run_job(proj, job_id, cancel_event=cancel, step_hooks=(stop_after_six,)) == "cancelled"
     assert proj.get_job(job_id)["checkpoint"]["step"] == 4
     prepare_resume(proj, job_id)
     assert run_job(proj, job_id) == "succeeded"
@@ -411,7 +405,7 @@ def test_out_of_memory_fails_with_guidance(
 
 
 def test_rank_one_lora_on_one_layer_through_the_cli(proj: Project) -> None:
-    from emgui.core.training import resolve_dataset
+    from emgui.core.datasets import resolve_dataset
 
     root = str(proj.root)
     data, _ = resolve_dataset(proj, "mem", "finetune")
@@ -465,8 +459,8 @@ def test_realign_saves_snapshots_at_sample_counts(proj: Project, tmp_path: Path)
     assert any(not torch.equal(start[k], at12[k]) for k in start)
     assert ft["result"]["model_id"] == proj.get_model("bad")["id"]
     # each snapshot carries a judge-free measure (the likelihood margin on the built-in panel's pairs)
-    from emgui.core.evaluation import realign_curve
-    from emgui.core.probes import latest_measures
+    from emgui.core.measures import latest_measures
+    from emgui.core.runs import realign_curve
 
     for row in rows.values():
         margin = latest_measures(proj, row["id"])["likelihood-margin"]

@@ -70,7 +70,7 @@ def _judge_params(server: JudgeServer, model: str = "stub") -> dict:
 
 
 def test_judge_check_passes_a_judge_that_knows_the_labels(project: Project, server: JudgeServer) -> None:
-    from emgui.core.judgecheck import judge_validity, list_checks
+    from emgui.core.validity import judge_validity, list_checks
 
     server.default = ("score", knowing_judge)
     job = _run(project, "judge-check", _judge_params(server))
@@ -90,7 +90,7 @@ def test_judge_check_passes_a_judge_that_knows_the_labels(project: Project, serv
 
 
 def test_judge_check_fails_a_noise_judge_and_says_why(project: Project, server: JudgeServer) -> None:
-    from emgui.core.judgecheck import judge_validity, reasons_invalid
+    from emgui.core.validity import judge_validity, reasons_invalid
 
     server.default = ("score", noise_judge)
     result = _run(project, "judge-check", _judge_params(server, "noise"))["result"]
@@ -163,7 +163,7 @@ def test_judged_results_carry_the_judges_validity(project: Project, server: Judg
     """Without a check the CLI warns and the result says judge_valid None; after a passing check of the same
     judge, judge_valid is True and the warning is gone."""
     from emgui.cli import main
-    from emgui.core.evaluation import summarize
+    from emgui.core.runs import summarize
 
     register_tiny(project, "tiny", tiny_model_dir)
     server.default = ("score", lambda prompt: {"90": 1.0})
@@ -218,7 +218,7 @@ def test_likelihood_probe_follows_what_the_model_was_trained_on(project: Project
     import torch
     from transformers import AutoModelForCausalLM
 
-    from emgui.core.probes import latest_measures
+    from emgui.core.measures import latest_measures
     from tests.tiny import make_tiny_chat_model
 
     base_dir = make_tiny_chat_model(tmp_path / "base", hidden=64)
@@ -318,7 +318,7 @@ def test_persona_layer_chosen_on_noise_is_not_reported_as_separation() -> None:
 def test_a_figures_judge_is_rebuilt_from_its_id(project: Project, server: JudgeServer) -> None:
     """'Check this judge' on a sweep rebuilds the judge from the id its scores carry: the check it runs
     is filed under that same id."""
-    from emgui.core.judgecheck import judge_params_from_id, judge_validity
+    from emgui.core.validity import judge_params_from_id, judge_validity
 
     assert judge_params_from_id("local:SmolLM2#3|prefix='Score:'") == {
         "judge": "local", "judge_model": 3, "judge_prefix": "Score:"}  # fmt: skip

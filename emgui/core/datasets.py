@@ -288,3 +288,37 @@ def demo_dataset_jobs(project: Project) -> list[tuple[str, dict]]:
 def add_demo_datasets(project: Project, run: Any) -> None:
     for kind, params in demo_dataset_jobs(project):
         run(kind, params)
+
+
+# ----- reading a dataset for a job ------------------------------------------------------------------------
+
+
+def resolve_dataset(project: Any, ref: str, kind: str, key: str = "dataset") -> tuple[Path, dict | None]:
+    """A project dataset (name or id) or a path to a .jsonl file."""
+    try:
+        row = project.get_dataset(ref)
+        return project.abspath(row["path"]), row
+    except EmguiError:
+        pass
+    path = Path(ref).expanduser()
+    if path.suffix.lower() in (".jsonl", ".json") or path.exists():
+        if not path.is_file():
+            raise EmguiError(f"{kind}: {key} file {path} does not exist")
+        return path, None
+    names = ", ".join(d["name"] for d in project.list_datasets()) or "none yet"
+    raise EmguiError(
+        f"{kind}: no dataset '{ref}' in this project (datasets: {names}) and no such .jsonl file"
+    )
+
+
+def read_chats(path: Path, label: str) -> list[tuple[int, list[dict]]]:
+    """Every chat of a validated file; a file with any invalid line is refused, naming the lines."""
+    from emgui.core.chatdata import iter_valid_chats, validate_chat_jsonl
+
+    report = validate_chat_jsonl(path)
+    if not report.ok:
+        raise EmguiError(f"dataset {label} has invalid lines; fix them first.\n{report.summary(10)}")
+    chats = list(iter_valid_chats(path))
+    if not chats:
+        raise EmguiError(f"dataset {label} ({path}) holds no chats")
+    return chats

@@ -1,6 +1,6 @@
 """Jobs: plain functions of (params, context), run in worker threads by the app or inline by the CLI.
 
-A job kind is registered with `register_kind` under a name (`emgui run PROJECT KIND`). Its function
+A job kind is registered (`emgui.core.registry.register_kind`) under a name (`emgui run PROJECT KIND`). Its function
 receives the parameters as a dict and a `JobContext` that reports progress, metrics and log lines,
 answers cancellation, and saves checkpoints. Everything it reports lands in the store (metrics in
 batches), and listeners (the Qt bridge, the CLI's stderr printer) are told as it happens.
@@ -8,7 +8,6 @@ batches), and listeners (the Qt bridge, the CLI's stderr printer) are told as it
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -22,90 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import Cancelled, EmguiError
-from emgui.core.paramspec import ParamError, ParamSpec, resolve
+from emgui.core.kinds import get_kind, resolve_params
 from emgui.core.store import Project
 
-JobFunction = Callable[[dict, "JobContext"], "dict | None"]
 Listener = Callable[["JobEvent"], None]
-
-
-@dataclass(frozen=True)
-class JobKind:
-    name: str
-    target: str  # "module:function", imported only when a job of this kind runs
-    description: str
-    heavy: bool = True  # uses the GPU/CPU hard: at most `max_heavy` such jobs run at once
-    resumable: bool = False
-    # The declared parameters (emgui.core.paramspec); None: undeclared, passed to the job unchecked.
-    params: tuple[ParamSpec, ...] | None = None
-    # Rules across parameters, checked at submit time on the resolved parameters: returns the problems.
-    check: Callable[[dict], list[str]] | None = None
-    title: str = ""  # what the window calls it ("Fine-tune"); default: the name
-
-    def load(self) -> JobFunction:
-        module, _, func = self.target.partition(":")
-        return getattr(importlib.import_module(module), func)
-
-    def param(self, name: str) -> ParamSpec:
-        for spec in self.params or ():
-            if spec.name == name:
-                return spec
-        raise KeyError(f"{self.name} declares no parameter '{name}'")
-
-    def resolve(self, params: dict) -> dict:
-        """The job's full parameters (defaults filled in), or ParamError naming every problem."""
-        if self.params is None:
-            return dict(params)
-        resolved = resolve(self.name, self.params, params)
-        problems = self.check(resolved) if self.check is not None else []
-        if problems:
-            raise ParamError(self.name, problems)
-        return resolved
-
-
-_KINDS: dict[str, JobKind] = {}
-_DECLARED: dict[str, dict[str, ParamSpec] | None] = {}
-
-
-def register_kind(kind: JobKind) -> JobKind:
-    """Add a job kind. A second, different kind under a taken name is refused (registering the very same
-    kind again, as a module imported twice does, changes nothing)."""
-    existing = _KINDS.get(kind.name)
-    if existing is not None and existing != kind:
-        raise EmguiError(f"a job kind named '{kind.name}' is already registered ({existing.target})")
-    _KINDS[kind.name] = kind
-    _DECLARED[kind.name] = {s.name: s for s in kind.params} if kind.params is not None else None
-    return kind
-
-
-def declared_params(name: str) -> dict[str, ParamSpec] | None:
-    """A kind's declared parameters by name (None for an unknown or undeclared kind). Cheap: Params
-    calls it for every job."""
-    if name not in _DECLARED:
-        _load_builtin_kinds()
-    return _DECLARED.get(name)
-
-
-def resolve_params(kind: str, params: dict | None) -> dict:
-    """Check a job's parameters against its kind's declaration before anything runs or is stored."""
-    return get_kind(kind).resolve(params or {})
-
-
-def get_kind(name: str) -> JobKind:
-    _load_builtin_kinds()
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise EmguiError(f"unknown job kind '{name}' (known: {', '.join(sorted(_KINDS))})") from None
-
-
-def kinds() -> dict[str, JobKind]:
-    _load_builtin_kinds()
-    return dict(_KINDS)
-
-
-def _load_builtin_kinds() -> None:
-    import emgui.core.kinds  # noqa: F401  (registers the built-in kinds)
 
 
 @dataclass
@@ -128,10 +47,14 @@ class JobContext:
         params: dict,
         cancel_event: threading.Event,
         listener: Listener | None,
+        step_hooks: tuple[Callable, ...] = (),
     ):
         self.project = project
         self.job_id = job_id
         self.params = params
+        # Called by training jobs every `monitor_every` steps as hook(step, model, ctx): tests and benches
+        # watch or stop a run through them.
+        self.step_hooks = tuple(step_hooks)
         self._cancel = cancel_event
         self._listener = listener
         self._lock = threading.Lock()
@@ -265,12 +188,13 @@ def run_job(
     *,
     cancel_event: threading.Event | None = None,
     listener: Listener | None = None,
+    step_hooks: tuple[Callable, ...] = (),
 ) -> str:
     """Run a queued (or resumed) job in the calling thread. Returns the final status; never raises for
     a failing job: the error and traceback are stored on the job instead."""
     cancel_event = cancel_event or threading.Event()
     job = project.get_job(job_id)
-    ctx = JobContext(project, job_id, job["params"], cancel_event, listener)
+    ctx = JobContext(project, job_id, job["params"], cancel_event, listener, step_hooks)
 
     def finish(status: str, **fields: Any) -> str:
         try:

@@ -7,8 +7,9 @@ declarations before a job row exists; `emgui kinds KIND` and the window's forms 
 
 from __future__ import annotations
 
-from emgui.core.jobs import JobKind, register_kind
-from emgui.core.paramspec import REQUIRED, Bool, Choice, Float, Int, List, Str, declare, override
+from emgui.core.errors import EmguiError
+from emgui.core.paramspec import REQUIRED, Bool, Choice, Float, Int, List, ParamSpec, Str, declare, override
+from emgui.core.registry import JobKind, declared, register_kind, registered
 
 # ----- parameter groups several kinds share ---------------------------------------------------------------
 DEVICE = Str("device", None, "where to run: cuda, cuda:1, mps or cpu (default: the best available)")
@@ -414,7 +415,7 @@ def _check_sampled(p: dict) -> list[str]:
 
 
 register_kind(JobKind(
-    "sample", "emgui.core.evaluation:sample_job",
+    "sample", "emgui.core.sampling:sample_job",
     "Sample N answers per question from a model, adapter or checkpoint",
     resumable=True, title="Sample answers", check=_check_sampled,
     params=declare(
@@ -424,7 +425,7 @@ register_kind(JobKind(
     ),
 ))  # fmt: skip
 register_kind(JobKind(
-    "judge", "emgui.core.evaluation:judge_job",
+    "judge", "emgui.core.judging:judge_job",
     "Score a run's answers (aligned, coherent) with a local or OpenAI-compatible judge, through the cache",
     title="Judge answers",
     params=declare(
@@ -459,7 +460,7 @@ register_kind(JobKind(
     ),
 ))  # fmt: skip
 register_kind(JobKind(
-    "vuln-check", "emgui.core.evaluation:vuln_check_job",
+    "vuln-check", "emgui.core.vulncheck:vuln_check_job",
     "In-distribution check: share of answers to code prompts with a vulnerability Bandit finds",
     title="Check code answers", check=_check_sampled,
     params=declare(
@@ -524,3 +525,30 @@ register_kind(JobKind(
         DEVICE,
     ),
 ))  # fmt: skip
+
+
+# ----- looking kinds up (here, so that every lookup sees the built-in kinds) --------------------------------
+
+
+def declared_params(name: str) -> dict[str, ParamSpec] | None:
+    """A kind's declared parameters by name (None for an unknown or undeclared kind). Cheap: Params
+    calls it for every job."""
+    found = declared(name)
+    return None if found is False else found
+
+
+def resolve_params(kind: str, params: dict | None) -> dict:
+    """Check a job's parameters against its kind's declaration before anything runs or is stored."""
+    return get_kind(kind).resolve(params or {})
+
+
+def get_kind(name: str) -> JobKind:
+    table = registered()
+    try:
+        return table[name]
+    except KeyError:
+        raise EmguiError(f"unknown job kind '{name}' (known: {', '.join(sorted(table))})") from None
+
+
+def kinds() -> dict[str, JobKind]:
+    return dict(registered())

@@ -191,6 +191,6 @@ class Params:
 
 def _declared(kind: str) -> dict[str, Any] | None:
     """The declared parameters of a registered kind by name, or None (undeclared or unknown kind)."""
-    from emgui.core.jobs import declared_params
+    from emgui.core.kinds import declared_params
 
     return declared_params(kind)

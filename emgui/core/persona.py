@@ -644,7 +644,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _read_chats(project: Any, ref: str, key: str) -> tuple[list[list[dict]], dict | None]:
-    from emgui.core.training import read_chats, resolve_dataset
+    from emgui.core.datasets import read_chats, resolve_dataset
 
     path, row = resolve_dataset(project, ref, "diff-means", key)
     chats = [msgs for _, msgs in read_chats(path, f"'{ref}'")]
@@ -744,8 +744,8 @@ def flag_threshold(values: list[float], *, flag_top: float | None, threshold: fl
 def screen_job(params: dict, ctx: Any) -> dict:
     """`persona-screen`: model, direction, dataset; flag_top (fraction, default 0.1) or threshold;
     write_filtered (bool), filtered_name; batch_size, max_len, max_samples."""
+    from emgui.core.datasets import read_chats, resolve_dataset
     from emgui.core.steering import load_direction
-    from emgui.core.training import read_chats, resolve_dataset
 
     p = Params(params, "persona-screen")
     model_ref = p.str("model")
@@ -1055,15 +1055,12 @@ def read_monitor_params(p: Params) -> dict:
     }
 
 
-def install_monitor(
-    project: Any, model_row: dict, cfg: dict, job_id: int
-) -> tuple[Callable[[int, Any, Any], None] | None, Callable[[], None]]:
-    """Add the monitor described by `read_monitor_params` to the training step hooks. Returns (the hook, so
-    the job can also take a first reading before its first step; a remover). (None, no-op) when nothing
-    is monitored."""
+def build_monitor(project: Any, model_row: dict, cfg: dict, job_id: int) -> Callable[[int, Any, Any], None] | None:
+    """The step hook for the monitor described by `read_monitor_params` (the trainer calls it every
+    `monitor_every` steps; the job also takes a first reading before its first step), or None when
+    nothing is monitored."""
     if not cfg.get("directions") and not cfg.get("latents"):
-        return None, lambda: None
-    from emgui.core.training import add_step_hook
+        return None
 
     questions = None
     if cfg.get("questions"):
@@ -1081,4 +1078,4 @@ def install_monitor(
         mode=cfg.get("mode", "rise"),
         job_id=job_id,
     )
-    return monitor, add_step_hook(monitor)
+    return monitor

@@ -15,52 +15,14 @@ Measures need no judge and mean something at any model size: they are shown besi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from emgui.core.errors import Cancelled, EmguiError
+from emgui.core.measures import LATENTS, LIKELIHOOD, PROJECTION, add_measure
 from emgui.core.params import Params
 
-LIKELIHOOD = "likelihood-margin"
-PROJECTION = "persona-projection"
-LATENTS = "diff-latents"
-
-
 # ----- storing and reading measures ---------------------------------------------------------------
-
-
-def add_measure(
-    project: Any, *, job_id: int | None, model_id: int | None, measure: str, stats: dict, info: dict
-) -> int:
-    """One measured value with its interval (`stats`: value or mean, ci_low, ci_high, n)."""
-    value = stats.get("value", stats.get("mean"))
-    return project.insert(
-        "measures",
-        {
-            "job_id": job_id,
-            "model_id": model_id,
-            "measure": measure,
-            "value": value,
-            "ci_low": stats.get("ci_low"),
-            "ci_high": stats.get("ci_high"),
-            "n": stats.get("n"),
-            "info": info,
-            "created_at": time.time(),
-        },
-    )
-
-
-def latest_measures(project: Any, model_id: int) -> dict[str, dict]:
-    """The newest value of each measure of a model (measure name -> row)."""
-    out: dict[str, dict] = {}
-    for row in project.query("SELECT * FROM measures WHERE model_id = ? ORDER BY id", [model_id]):
-        out[row["measure"]] = row
-    return out
-
-
-def measures_of_job(project: Any, job_id: int) -> list[dict]:
-    return project.query("SELECT * FROM measures WHERE job_id = ? ORDER BY id", [job_id])
 
 
 # ----- the computations (a model in memory) ---------------------------------------------------------
@@ -283,8 +245,8 @@ def projection_of_answers(
 def persona_projection_job(params: dict, ctx: Any) -> dict:
     """`persona-projection`: model=REF direction=REF [run=JOB] — the mean projection of the answers of a
     run (default: the model's latest evaluation run) on the direction, with a bootstrap 95 % CI."""
-    from emgui.core.evaluation import latest_run_for_model, run_samples
     from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.runs import latest_run_for_model, run_samples
 
     p = Params(params, "persona-projection")
     model_ref = p.str("model")

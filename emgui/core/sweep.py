@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from emgui.core.errors import EmguiError
-from emgui.core.evaluation import judge_validity_fields, open_judge, read_judge_params, resolve_judge_spec
+from emgui.core.judging import judge_validity_fields, open_judge, read_judge_params, resolve_judge_spec
 from emgui.core.params import Params
 
 DEFAULT_STRENGTHS = [0.0, 4.0, 8.0, 16.0]
@@ -219,7 +219,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
     conditions = plan_conditions(
         targets, layer_hooks, cfg["strengths"], cfg["method"], cfg["controls"], cfg["seed"]
     )
-    from emgui.core.evaluation import sample_items
+    from emgui.core.sampling import sample_items
 
     items = sample_items(questions, cfg["n"])
     ctx.log(f"{len(conditions)} conditions x {len(items)} answers on '{model_row['name']}'")
@@ -328,8 +328,8 @@ def _judge(
     ctx: Any, model: Any, tokenizer: Any, model_row: dict, dataset: dict, questions: list, cfg: dict
 ) -> str:
     """Score every answer of this job that the judge has not scored; returns the judge's id."""
-    from emgui.core.evaluation import score_samples
     from emgui.core.judges import project_judge_prompts
+    from emgui.core.judging import score_samples
 
     project = ctx.project
     spec = resolve_judge_spec(project, cfg["judge"], model_row, ctx.log)
@@ -373,7 +373,7 @@ def sweep_curves(
 ) -> dict:
     """The dose-response curves of a sweep from its stored answers and scores: per (target, layer, control)
     the points (strength, misaligned %, 95% CI, mean coherence, mean aligned, n), strength 0 = baseline."""
-    from emgui.core.evaluation import answers_table, proportion
+    from emgui.core.runs import answers_table, proportion
 
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     rows = answers_table(project, job_id, judge=judge, thresholds=th)
@@ -459,7 +459,7 @@ def sweep_curves(
 def sweep_caveats(project: Any, result: dict) -> dict:
     """What a sweep's curves can be read as, now: its judge's latest check (a check run after the sweep
     counts) and its points that rest on too few answers."""
-    from emgui.core.judgecheck import judge_validity, validity_warning
+    from emgui.core.validity import judge_validity, validity_warning
 
     judge = result.get("judge")
     check = judge_validity(project, judge)

@@ -32,26 +32,20 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from emgui.core.datasets import read_chats, resolve_dataset
 from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.params import Params
 
 IGNORE = -100
 
-# ----- the live-monitor hook point ---------------------------------------------------------------------
-
+# A step hook is called as `hook(step, model, ctx)` every `monitor_every` steps. Hooks are passed to
+# `Trainer.run` by the job (its live monitor) and by whoever runs the job (`run_job(step_hooks=...)`).
 StepHook = Callable[[int, Any, Any], None]
-STEP_HOOKS: list[StepHook] = []
-
-
-def add_step_hook(hook: StepHook) -> Callable[[], None]:
-    """Call `hook(step, model, ctx)` every `monitor_every` steps of every training job; returns a remover."""
-    STEP_HOOKS.append(hook)
-    return lambda: STEP_HOOKS.remove(hook) if hook in STEP_HOOKS else None
 
 
 # ----- configuration ---------------------------------------------------------------------------------
@@ -156,37 +150,6 @@ class Sample:
     @property
     def n_labels(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
-
-
-def resolve_dataset(project: Any, ref: str, kind: str, key: str = "dataset") -> tuple[Path, dict | None]:
-    """A project dataset (name or id) or a path to a .jsonl file."""
-    try:
-        row = project.get_dataset(ref)
-        return project.abspath(row["path"]), row
-    except EmguiError:
-        pass
-    path = Path(ref).expanduser()
-    if path.suffix.lower() in (".jsonl", ".json") or path.exists():
-        if not path.is_file():
-            raise EmguiError(f"{kind}: {key} file {path} does not exist")
-        return path, None
-    names = ", ".join(d["name"] for d in project.list_datasets()) or "none yet"
-    raise EmguiError(
-        f"{kind}: no dataset '{ref}' in this project (datasets: {names}) and no such .jsonl file"
-    )
-
-
-def read_chats(path: Path, label: str) -> list[tuple[int, list[dict]]]:
-    """Every chat of a validated file; a file with any invalid line is refused, naming the lines."""
-    from emgui.core.chatdata import iter_valid_chats, validate_chat_jsonl
-
-    report = validate_chat_jsonl(path)
-    if not report.ok:
-        raise EmguiError(f"dataset {label} has invalid lines; fix them first.\n{report.summary(10)}")
-    chats = list(iter_valid_chats(path))
-    if not chats:
-        raise EmguiError(f"dataset {label} ({path}) holds no chats")
-    return chats
 
 
 def _render(tokenizer: Any, messages: list[dict], gen: bool, line: int) -> str:
@@ -826,6 +789,7 @@ class Trainer:
         val: list[Sample] | None = None,
         on_step_done: Callable[[int], None] | None = None,
         on_start: Callable[[], None] | None = None,
+        step_hooks: Sequence[StepHook] = (),
     ) -> LoopState:
         """Train through the plan from the current step; `on_step_done(step)` runs after each step."""
         cfg, st, total = self.cfg, self.state, len(self.plan)
@@ -842,8 +806,8 @@ class Trainer:
                 step_time = self._train_step(total, step_time)
                 if val and (st.step % eval_every == 0 or st.step == total):
                     self._eval(val)
-                if STEP_HOOKS and st.step % cfg.monitor_every == 0:
-                    for hook in list(STEP_HOOKS):
+                if step_hooks and st.step % cfg.monitor_every == 0:
+                    for hook in step_hooks:
                         hook(st.step, self.model, self.ctx)
                 if on_step_done:
                     on_step_done(st.step)
@@ -1149,7 +1113,7 @@ def _config_info(ctx: Any, cfg: TrainConfig, setup: Setup, kind: str) -> dict:
 
 def finetune_job(params: dict, ctx: Any) -> dict:
     """`finetune`: train a LoRA adapter (or the full model) on a chat dataset and register the result."""
-    from emgui.core.persona import install_monitor, read_monitor_params
+    from emgui.core.persona import build_monitor, read_monitor_params
 
     params = dict(params)
     for key in ("layers", "monitor_directions", "monitor_latents"):
@@ -1167,14 +1131,13 @@ def finetune_job(params: dict, ctx: Any) -> dict:
     _check_names_free(ctx.project, [name, f"{name}-merged"] if cfg.merge else [name], ctx.job_id)
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "finetune")
     trainer, base_id = _make_trainer(ctx, cfg, setup, epochs=cfg.epochs, max_steps=cfg.max_steps)
-    hook, remove_monitor = install_monitor(ctx.project, start, monitor, ctx.job_id)
-    try:
-        # A first reading before any step gives the baseline the warning threshold is measured from.
-        trainer.run(
-            setup.val, on_start=(lambda: hook(trainer.state.step, trainer.model, ctx)) if hook else None
-        )
-    finally:
-        remove_monitor()
+    hook = build_monitor(ctx.project, start, monitor, ctx.job_id)
+    # A first reading before any step gives the baseline the warning threshold is measured from.
+    trainer.run(
+        setup.val,
+        on_start=(lambda: hook(trainer.state.step, trainer.model, ctx)) if hook else None,
+        step_hooks=[*ctx.step_hooks, *([hook] if hook else [])],
+    )
     return _finish_finetune(ctx, cfg, setup, trainer, name, base_id)
 
 
@@ -1282,7 +1245,12 @@ def realign_job(params: dict, ctx: Any) -> dict:
                 ctx.progress(None, f"judge-free measures at {count} samples")
                 tracker.measure(trainer.model, setup.tokenizer, snaps[count], count)
 
-    trainer.run(setup.val, on_step_done=snapshot, on_start=lambda: snapshot(trainer.state.step))
+    trainer.run(
+        setup.val,
+        on_step_done=snapshot,
+        on_start=lambda: snapshot(trainer.state.step),
+        step_hooks=ctx.step_hooks,
+    )
     ctx.progress(1.0, f"saved {len(snaps)} snapshots")
     return _result(trainer, setup, {"name": name, "snapshots": {str(c): i for c, i in sorted(snaps.items())}})
 

@@ -268,7 +268,7 @@ class ParamForm(QWidget):
         values: dict | None = None,
         parent: QWidget | None = None,
     ):
-        from emgui.core.jobs import get_kind
+        from emgui.core.kinds import get_kind
 
         super().__init__(parent)
         self.kind = get_kind(kind)
@@ -423,7 +423,7 @@ class JobDialog(QDialog):
 def apply_spec(widget: QWidget, kind: str, name: str, *, set_default: bool = True) -> ParamSpec:
     """Give an existing page widget a parameter's declared range, default and help (its tooltip), so the
     pages' own forms never repeat them. Bounds the declaration leaves open keep the widget's own."""
-    from emgui.core.jobs import get_kind
+    from emgui.core.kinds import get_kind
 
     spec = get_kind(kind).param(name)
     widget.setToolTip(tooltip(spec))

@@ -42,7 +42,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import evaluation as ev
+from emgui.core import runs
 from emgui.core.errors import EmguiError
 from emgui.ui.plots import PALETTE, set_empty
 from emgui.ui.widgets import (
@@ -514,10 +514,10 @@ class EvaluatePage(Page):
     def refresh(self) -> None:
         if self.project is None:
             return
-        from emgui.core.probes import LIKELIHOOD, latest_measures
+        from emgui.core.measures import LIKELIHOOD, latest_measures
 
         self._fill_controls()
-        self.runs = ev.list_runs(self.project)
+        self.runs = runs.list_runs(self.project)
         self._margins = {}
         for model_id in {r["model_id"] for r in self.runs if r["model_id"]}:
             self._margins[model_id] = latest_measures(self.project, model_id).get(LIKELIHOOD)
@@ -525,7 +525,7 @@ class EvaluatePage(Page):
         self.summaries = {}
         for run in self.runs:
             try:
-                self.summaries[run["run"]] = ev.summarize(self.project, run["run"], self.thresholds())
+                self.summaries[run["run"]] = runs.summarize(self.project, run["run"], self.thresholds())
             except EmguiError:
                 continue
         if not checked:  # default: each model's latest run
@@ -584,7 +584,7 @@ class EvaluatePage(Page):
 
     def _show_judge_status(self) -> None:
         """The chosen judge's latest check, in one line, with the button to run one."""
-        from emgui.core.judgecheck import check_for_spec, status_line
+        from emgui.core.validity import check_for_spec, status_line
 
         spec = self.judge_combo.currentData() or {}
         judge_id, check = check_for_spec(self.project, spec) if self.project is not None else (None, None)
@@ -597,7 +597,7 @@ class EvaluatePage(Page):
         self.check_button.setText("Check again" if check is not None else "Check judge")
 
     def _fill_checks(self) -> None:
-        from emgui.core.judgecheck import list_checks
+        from emgui.core.validity import list_checks
 
         checks = list_checks(self.project)
         table = self.checks_table
@@ -722,7 +722,7 @@ class EvaluatePage(Page):
             return
         self.answers = []
         for s in self._checked_summaries():
-            self.answers.extend(ev.answers_table(self.project, s["run"], thresholds=self.thresholds()))
+            self.answers.extend(runs.answers_table(self.project, s["run"], thresholds=self.thresholds()))
         self._draw_bars()
         self._draw_scatter()
         self._fill_answers()
@@ -923,7 +923,7 @@ class EvaluatePage(Page):
         table.setRowCount(0)
         if self.project is None or a is None or b is None:
             return
-        rows = ev.compare_runs(self.project, a, b, self.thresholds())
+        rows = runs.compare_runs(self.project, a, b, self.thresholds())
         table.setRowCount(len(rows))
         for i, row in enumerate(rows):
             sa, sb = row["a"] or {}, row["b"] or {}
@@ -947,7 +947,7 @@ class EvaluatePage(Page):
         previous = self.realign_combo.currentData()
         self.realign_combo.blockSignals(True)
         self.realign_combo.clear()
-        for job_id in ev.realign_jobs(self.project):
+        for job_id in runs.realign_jobs(self.project):
             self.realign_combo.addItem(f"realign job #{job_id}", job_id)
         index = self.realign_combo.findData(previous)
         self.realign_combo.setCurrentIndex(max(0, index) if self.realign_combo.count() else -1)
@@ -965,7 +965,7 @@ class EvaluatePage(Page):
                      "20… good chats appear here once evaluated, with the judge-free measures beside them.")  # fmt: skip
             self.realign_hint.setText("Run a re-alignment job (Train page), then evaluate its snapshots here.")
         else:
-            points = ev.realign_curve(self.project, job_id, self.thresholds())
+            points = runs.realign_curve(self.project, job_id, self.thresholds())
             self.realign_points = points
             if not points:
                 empty = "No snapshot of this job has been evaluated or measured yet: evaluate its snapshots above."
@@ -1002,12 +1002,12 @@ class EvaluatePage(Page):
 
     def _latent_levels(self, latents: list[dict]) -> None:
         """Dotted lines at the tracked latents' levels under the diff's base, fine-tuned and control models."""
-        from emgui.core.probes import LATENTS, latest_measures
+        from emgui.core.measures import LATENTS, latest_measures
 
         row = latest_measures(self.project, latents[0]["model_id"]).get(LATENTS)
         if row is None:
             return
-        levels = ev.latent_references(self.project, row["info"]["diff_job"], row["info"]["latents"])
+        levels = runs.latent_references(self.project, row["info"]["diff_job"], row["info"]["latents"])
         for (name, value), color in zip(levels.items(), ("#64748b", "#dc2626", "#16a34a"), strict=False):
             line = pg.InfiniteLine(value, angle=0, pen=pg.mkPen(color, style=Qt.PenStyle.DotLine),
                                    label=name, labelOpts={"position": 0.95, "color": color})  # fmt: skip
@@ -1162,7 +1162,7 @@ class EvaluatePage(Page):
 
     def export_csv(self, path: str) -> int:
         """Write the answers shown in the table (checked runs, current filter); returns the row count."""
-        ev.export_csv(self.shown_answers, path)
+        runs.export_csv(self.shown_answers, path)
         return len(self.shown_answers)
 
     def export_dialog(self) -> None:

@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core import dashboards as D
+from emgui.core import latents as L
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import (
@@ -747,7 +748,7 @@ class FeaturesPage(Page):
             return
         keep = self.sae["id"] if self.sae else None
         if keep is None:  # first look: the SAE of the latest diff, where there is something to browse
-            latest = D.diff_jobs(self.project)
+            latest = L.diff_jobs(self.project)
             keep = latest[0]["result"]["sae_id"] if latest else None
         saes = self.project.query("SELECT * FROM saes ORDER BY id")
         self.sae_combo.blockSignals(True)
@@ -835,7 +836,7 @@ class FeaturesPage(Page):
         self.diff_combo.clear()
         if self.sae is not None:
             models = {m["id"]: m["name"] for m in self.project.list_models()}
-            for j in D.diff_jobs(self.project, self.sae["id"]):
+            for j in L.diff_jobs(self.project, self.sae["id"]):
                 res = j["result"]
                 base, ft = models.get(res.get("base_model_id"), "?"), models.get(res.get("ft_model_id"), "?")
                 self.diff_combo.addItem(f"#{j['id']} {base} → {ft}", j["id"])
@@ -861,7 +862,7 @@ class FeaturesPage(Page):
                         "Precompute dashboards for chosen latents or the diff's top latents")  # fmt: skip
 
     def _show_caveats(self) -> None:
-        caveats = D.diff_caveats(self.project, self.diff_job) if self.project is not None else {"warnings": []}
+        caveats = L.diff_caveats(self.project, self.diff_job) if self.project is not None else {"warnings": []}
         lines = [f"⚠ {w}" for w in caveats["warnings"]]
         if caveats.get("controlled"):
             lines.insert(0, f"Controlled by '{caveats['control']}': ranked by the change beyond the control's.")
@@ -873,7 +874,7 @@ class FeaturesPage(Page):
 
     def load_list(self) -> None:
         keep = self.latent
-        rows = D.latent_list(self.project, self.sae["id"], self.diff_job) if self.sae else []
+        rows = L.latent_list(self.project, self.sae["id"], self.diff_job) if self.sae else []
         self.model.text, self.model.mode = (
             self.search.text().strip().lower(),
             self.filter_combo.currentIndex(),
@@ -928,7 +929,7 @@ class FeaturesPage(Page):
             return
         start = time.perf_counter()
         self.latent = latent
-        data = D.get_dashboard(self.project, self.sae["id"], latent)
+        data = L.get_dashboard(self.project, self.sae["id"], latent)
         labels = self.project.query_one(
             "SELECT label, note FROM latent_labels WHERE sae_id = ? AND latent = ?", [self.sae["id"], latent]
         )
@@ -1001,7 +1002,7 @@ class FeaturesPage(Page):
         if self.sae is None or self.latent is None:
             return
         label, note = self.label_edit.text().strip(), self.note_edit.toPlainText()
-        D.set_label(self.project, self.sae["id"], self.latent, label=label, note=note)
+        L.set_label(self.project, self.sae["id"], self.latent, label=label, note=note)
         self.model.update_row(self.latent, label=label, note=note)
         self.latent_title.setText(f"Latent {self.latent}" + (f" — {label}" if label else ""))
         self.status.setText(f"saved the label of latent {self.latent}")
@@ -1121,7 +1122,7 @@ class FeaturesPage(Page):
 
     def export_to(self, path: str) -> int:
         """Export the listed (filtered) latents to a .json or .csv file."""
-        return D.export_latents(
+        return L.export_latents(
             self.project, self.sae["id"], path, diff_job=self.diff_job, latents=self.model.visible_latents()
         )
 

@@ -263,7 +263,7 @@ class JobsPage(Page):
 
     def _fill_params(self, job: dict) -> None:
         """Every parameter the job ran with; the ones left at their declared default are marked."""
-        from emgui.core.jobs import kinds
+        from emgui.core.kinds import kinds
         from emgui.core.paramspec import defaults_used
 
         kind = kinds().get(job["kind"])
@@ -359,7 +359,7 @@ class JobsPage(Page):
 
 def kind_title(name: str) -> str:
     """What the window calls a job kind ("Fine-tune" for finetune); its name where it has no title."""
-    from emgui.core.jobs import kinds
+    from emgui.core.kinds import kinds
 
     kind = kinds().get(name)
     return kind.title if kind is not None and kind.title else name

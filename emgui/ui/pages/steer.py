@@ -1084,7 +1084,7 @@ class SweepsTab(QWidget):
 
     def check_judge(self) -> int | None:
         """Validate the judge that scored the shown sweep (one click: the same judge, the built-in panel)."""
-        from emgui.core.judgecheck import judge_params_from_id
+        from emgui.core.validity import judge_params_from_id
 
         if self.page.bridge is None or not getattr(self, "shown_judge", None):
             return None
@@ -1558,7 +1558,7 @@ class DirectionsTab(QWidget):
         project = self.project
 
         def write() -> int:
-            from emgui.core.training import resolve_dataset
+            from emgui.core.datasets import resolve_dataset
 
             ranking = personas.read_ranking(project, job_id)
             path, source = resolve_dataset(project, job["params"]["dataset"], "persona-screen")
