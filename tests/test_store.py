@@ -214,3 +214,19 @@ def test_sigkill_mid_job_leaves_a_sound_db_and_an_interrupted_job(project: Proje
     assert job["status"] == "interrupted"
     assert len(reopened.metrics(job["id"])) > 10  # batches written before the kill survived
     reopened.close()
+
+
+def test_named_rows_get_unique_names_by_one_rule(project: Project, tmp_path: Path) -> None:
+    import torch
+
+    from emgui.core.steering import save_direction, unique_direction_name
+
+    first = save_direction(project, "persona", torch.ones(4), kind="file", hook_name="model.layers.1")
+    assert unique_direction_name(project, "persona") == "persona-2"
+    save_direction(project, "persona-2", torch.ones(4), kind="file", hook_name="model.layers.1")
+    assert project.unique_name("directions", "persona") == "persona-3"
+    assert project.unique_name("saes", "persona") == "persona"  # each table has its own names
+    row = project.query_one("SELECT info FROM directions WHERE id = ?", [first])
+    assert row["info"]["artifact_id"] is not None  # provenance: the file is an artifact of the row
+    with pytest.raises(ValueError, match="no unique names"):
+        project.unique_name("jobs; DROP TABLE models", "x")

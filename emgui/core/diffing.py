@@ -258,51 +258,22 @@ def run_model(
     }
 
 
-def _save_direction(
-    ctx: Any,
-    vec: Any,
-    *,
-    name: str,
-    kind: str,
-    model_id: int,
-    hook: str,
-    info: dict,
-) -> int:
-    """Write a direction to <job dir>/<file>.safetensors (tensor "direction") and add its row."""
-    from safetensors.torch import save_file
+def _save_direction(ctx: Any, vec: Any, *, name: str, kind: str, model_id: int, hook: str, info: dict) -> int:
+    """One of the diff's directions, stored by the directions table's one writer (`steering.save_direction`),
+    under a name made unique by the same rule as every direction's, with its artifact recorded."""
+    from emgui.core.steering import save_direction, unique_direction_name
 
-    from emgui.core.activations import layer_index
-
-    vec = vec.float().cpu().contiguous()
-    path = ctx.artifact_dir / f"{kind}.safetensors"
-    save_file({"direction": vec}, str(path), metadata={"kind": kind, "hook_name": hook})
-    direction_id = ctx.project.insert(
-        "directions",
-        {
-            "name": name,
-            "kind": kind,
-            "model_id": model_id,
-            "hook_name": hook,
-            "layer": layer_index(hook),
-            "path": ctx.project.relpath(path),
-            "norm": float(vec.norm()),
-            "info": info,
-            "job_id": ctx.job_id,
-            "created_at": time.time(),
-        },
+    return save_direction(
+        ctx.project,
+        unique_direction_name(ctx.project, name),
+        vec,
+        kind=kind,
+        hook_name=hook,
+        model_id=model_id,
+        info=info,
+        job_id=ctx.job_id,
+        folder=ctx.artifact_dir,
     )
-    ctx.add_artifact(
-        path, "direction", inputs=[{"type": "model", "id": model_id}], meta={"direction_id": direction_id}
-    )
-    return direction_id
-
-
-def _unique_direction_name(project: Project, name: str) -> str:
-    base, n = name, 2
-    while project.query_one("SELECT id FROM directions WHERE name = ?", [name]):
-        name = f"{base} ({n})"
-        n += 1
-    return name
 
 
 def _means(acc: _Accumulator) -> tuple[Any, Any]:
@@ -506,12 +477,15 @@ def diff_job(params: dict, ctx: Any) -> dict:
         ft_model = load_model(project, ft_row, device=s["device"], dtype=s["dtype"])
 
     ranking = store_ranking(
-        project, ctx.job_id, sae_row["id"], results["base"], results["ft"], results.get("control"),
+        project,
+        ctx.job_id,
+        sae_row["id"],
+        results["base"],
+        results["ft"],
+        results.get("control"),
         n_boot=s["n_boot"],
     )
-    agreement = (
-        control_agreement(results["base"], results["ft"], results["control"]) if control_row else None
-    )
+    agreement = control_agreement(results["base"], results["ft"], results["control"]) if control_row else None
     warnings = diff_warnings(control_row is not None, agreement)
     for warning in warnings:
         ctx.log(f"warning: {warning}")
@@ -530,9 +504,7 @@ def diff_job(params: dict, ctx: Any) -> dict:
         _save_direction(
             ctx,
             ft_acc.h_sum / ft_acc.n - base_acc.h_sum / base_acc.n,
-            name=_unique_direction_name(
-                project, f"diff-means {ft_row['name']} - {base_row['name']} @ {hook} #{ctx.job_id}"
-            ),
+            name=f"diff-means {ft_row['name']} - {base_row['name']} @ {hook} #{ctx.job_id}",
             kind="diff-means",
             model_id=ft_row["id"],
             hook=hook,
@@ -545,9 +517,7 @@ def diff_job(params: dict, ctx: Any) -> dict:
             _save_direction(
                 ctx,
                 ft_acc.h_sum / ft_acc.n - control_acc.h_sum / control_acc.n,
-                name=_unique_direction_name(
-                    project, f"diff-means {ft_row['name']} - {control_row['name']} @ {hook} #{ctx.job_id}"
-                ),
+                name=f"diff-means {ft_row['name']} - {control_row['name']} @ {hook} #{ctx.job_id}",
                 kind="diff-means-controlled",
                 model_id=ft_row["id"],
                 hook=hook,
@@ -562,9 +532,7 @@ def diff_job(params: dict, ctx: Any) -> dict:
             _save_direction(
                 ctx,
                 mis - ali,
-                name=_unique_direction_name(
-                    project, f"misaligned-aligned {ft_row['name']} @ {hook} #{ctx.job_id}"
-                ),
+                name=f"misaligned-aligned {ft_row['name']} @ {hook} #{ctx.job_id}",
                 kind="misaligned-minus-aligned",
                 model_id=ft_row["id"],
                 hook=hook,

@@ -46,16 +46,6 @@ def default_name(source: str) -> str:
     return base or "model"
 
 
-def _unique_name(project: Project, name: str) -> str:
-    taken = {m["name"] for m in project.list_models()}
-    if name not in taken:
-        return name
-    i = 2
-    while f"{name}-{i}" in taken:
-        i += 1
-    return f"{name}-{i}"
-
-
 def _register_folder(
     project: Project,
     folder: Path,
@@ -114,7 +104,7 @@ def import_job(params: dict, ctx: Any) -> dict:
     trust = p.bool("trust_remote_code")
     allow_pickle = p.bool("allow_pickle")
     p.done()
-    name = given_name or _unique_name(ctx.project, default_name(str(path)))
+    name = given_name or ctx.project.unique_name("models", default_name(str(path)))
     if path.suffix.lower() == ".gguf":
         from emgui.core.modelfiles import convert_gguf, read_gguf_summary
 
@@ -167,7 +157,7 @@ def download_job(params: dict, ctx: Any) -> dict:
     allow_pickle = p.bool("allow_pickle")
     cache_dir = p.str("cache_dir")
     p.done()
-    name = name or _unique_name(ctx.project, default_name(repo))
+    name = name or ctx.project.unique_name("models", default_name(repo))
     last_log = [0.0]
 
     def on_progress(prog: Any) -> None:

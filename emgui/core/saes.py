@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import socket
 import threading
@@ -31,7 +30,7 @@ from urllib.parse import urlparse
 from emgui.core.activations import is_residual, layer_index, parse_hook
 from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.params import Params
-from emgui.core.store import Project, remove_path, replace_reserved
+from emgui.core.store import Project, remove_path, replace_reserved, slug
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -45,10 +44,6 @@ def saes_dir(project: Project) -> Path:
     path = project.artifacts_dir / "saes"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "sae"
 
 
 def read_sae_folder(folder: str | Path) -> dict:
@@ -119,14 +114,6 @@ def list_saes(project: Project, model_id: int | None = None) -> list[dict]:
     if model_id is None:
         return project.query("SELECT * FROM saes ORDER BY id")
     return project.query("SELECT * FROM saes WHERE model_id = ? ORDER BY id", [model_id])
-
-
-def unique_name(project: Project, name: str) -> str:
-    base, n = name, 2
-    while project.query_one("SELECT id FROM saes WHERE name = ?", [name]):
-        name = f"{base}-{n}"
-        n += 1
-    return name
 
 
 def _check_name_free(project: Project, name: str) -> None:
@@ -456,7 +443,7 @@ def pretrained_job(params: dict, ctx: Any) -> dict:
     entry = registry()[release]
     path_in_repo = next(s.get("path", "") for s in release_saes(release) if s["id"] == sae_id)
     model_row = project.get_model(model_ref) if model_ref else None
-    name = name or unique_name(project, slug(f"{release}-{sae_id}"))
+    name = name or project.unique_name("saes", slug(f"{release}-{sae_id}", "sae"))
     _check_name_free(project, name)
     if _offline():
         raise EmguiError(
@@ -506,7 +493,7 @@ def import_folder(
     cfg = read_sae_folder(src)
     hook = hook_name or hook_of(cfg)
     parse_hook(hook)
-    name = name or unique_name(project, slug(src.name))
+    name = name or project.unique_name("saes", slug(src.name, "sae"))
     _check_name_free(project, name)
     model_row = project.get_model(model) if model is not None else None
     row = {"name": name, "hook_name": hook, "d_in": cfg["d_in"]}
@@ -877,7 +864,7 @@ def train_job(params: dict, ctx: Any) -> dict:
     name = (
         resume.get("name")
         or s["name"]
-        or unique_name(project, slug(f"{model_row['name']}-{hook.replace('model.', '')}-{s['architecture']}"))
+        or project.unique_name("saes", slug(f"{model_row['name']}-{hook.replace('model.', '')}-{s['architecture']}", "sae"))
     )
     if not resume.get("name"):
         _check_name_free(project, name)

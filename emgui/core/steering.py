@@ -25,7 +25,6 @@ Directions are rows of the `directions` table with a .safetensors file holding a
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import EmguiError
+from emgui.core.store import slug
 
 METHODS = ("add", "ablate", "clamp")
 POSITIONS = ("all", "prompt", "answer")
@@ -453,18 +453,8 @@ def _load_sae(project: Any, sae_id: int, cache: dict | None) -> tuple[Any, dict]
 # ----- directions ----------------------------------------------------------------------------------------
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "direction"
-
-
 def unique_direction_name(project: Any, name: str) -> str:
-    taken = {r["name"] for r in project.query("SELECT name FROM directions")}
-    if name not in taken:
-        return name
-    n = 2
-    while f"{name}-{n}" in taken:
-        n += 1
-    return f"{name}-{n}"
+    return project.unique_name("directions", name)
 
 
 def save_direction(
@@ -493,7 +483,7 @@ def save_direction(
         raise EmguiError(f"a direction named '{name}' already exists in this project; choose another name")
     folder = Path(folder) if folder else project.artifacts_dir / "directions"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_slug(name)}-{int(time.time() * 1000) % 10**9}.safetensors"
+    path = folder / f"{slug(name, 'direction')}-{int(time.time() * 1000) % 10**9}.safetensors"
     save_file({"direction": vec}, str(path), metadata={"name": name, "hook_name": hook_name, "kind": kind})
     if layer is None:
         layer = layer_of(hook_name)

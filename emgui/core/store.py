@@ -64,6 +64,9 @@ def _can_write(root: Path, db_path: Path) -> bool:
     return os.access(db_path, os.W_OK) and os.access(root, os.W_OK | os.X_OK)
 
 
+NAMED_TABLES = ("models", "saes", "directions", "datasets")
+
+
 def slug(name: str, fallback: str = "item") -> str:
     """A file-name-safe form of a display name. Names that differ only in punctuation slug alike, so a slug
     is never a row's identity on disk by itself: see `Project.reserve_path`."""
@@ -330,6 +333,19 @@ class Project:
 
     def query_one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
         return _decode(self._conn().execute(sql, tuple(params)).fetchone())
+
+    def unique_name(self, table: str, name: str) -> str:
+        """`name`, or `name-2`, `name-3`, ... : the first not taken in `table` (models, saes, directions).
+        One rule for every named row, so names made by different jobs look alike."""
+        if table not in NAMED_TABLES:
+            raise ValueError(f"unique_name: {table} has no unique names")
+        taken = {r["name"] for r in self.query(f"SELECT name FROM {table}")}  # noqa: S608 - table checked above
+        if name not in taken:
+            return name
+        n = 2
+        while f"{name}-{n}" in taken:
+            n += 1
+        return f"{name}-{n}"
 
     def insert(self, table: str, fields: dict[str, Any]) -> int:
         """Insert one row (dict/list values stored as JSON); returns its id."""
