@@ -37,9 +37,9 @@ def build_project(root: Path, d_sae: int, n_dash: int) -> tuple:
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from emgui.core.jobs import run_job
-    from emgui.core.saes import register_sae
-    from emgui.core.store import Project
+    from emgui.core.features.saes import register_sae
+    from emgui.core.jobs.runner import run_job
+    from emgui.core.project.store import Project
     from tests.tiny import make_tiny_chat_model, tiny_chats
 
     project = Project.create(root / "proj")
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=16384)
     parser.add_argument("--dashboards", type=int, default=64)
     args = parser.parse_args()
-    from emgui.core import latents as L
+    from emgui.core.features import latents as L
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dash-"))
     start = time.perf_counter()

@@ -108,12 +108,12 @@ def main() -> None:
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from emgui.core.activations import capture, length_batches, pad_batch
-    from emgui.core.diffing import encode_examples
-    from emgui.core.jobs import run_job
-    from emgui.core.loading import load_model, load_tokenizer
-    from emgui.core.saes import register_sae
-    from emgui.core.store import Project
+    from emgui.core.features.diffing import encode_examples
+    from emgui.core.features.saes import register_sae
+    from emgui.core.jobs.runner import run_job
+    from emgui.core.lm.activations import capture, length_batches, pad_batch
+    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.project.store import Project
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ SHARED_EM = REPO.parent / "shared" / "data" / "em"
 
 def model_folder(which: str, tmp: Path) -> tuple[Path, str]:
     if which in ("auto", "smollm2"):
-        from emgui.core.modelfiles import convert_gguf, embedded_gguf_path
+        from emgui.core.models.files import convert_gguf, embedded_gguf_path
 
         gguf = embedded_gguf_path()
         if gguf is not None:
@@ -54,7 +54,7 @@ def chat_file(tmp: Path, n: int) -> tuple[Path, str]:
         with source.open() as f:
             out.write_text("".join(line for _, line in zip(range(n), f, strict=False)))
         return out, f"first {n} chats of {source.name}"
-    from emgui.core.codegen_data import generate_pair
+    from emgui.core.data.codegen import generate_pair
 
     chats = generate_pair(n, seed=0)[0]
     out.write_text("".join(json.dumps(c) + "\n" for c in chats))
@@ -67,7 +67,7 @@ def bare_loop(folder: Path, tokenizer, samples, plan, warmup: int, device: str) 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from emgui.core.device import training_dtype
+    from emgui.core.lm.device import training_dtype
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=training_dtype(device)).to(device)
@@ -101,7 +101,7 @@ def bare_loop(folder: Path, tokenizer, samples, plan, warmup: int, device: str) 
 
 
 def job_throughput(project, params: dict, warmup: int) -> tuple[float, float, dict]:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     marks: dict[int, tuple[float, float]] = {}
 
@@ -150,10 +150,10 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from emgui.core.datasets import read_chats
-    from emgui.core.device import pick_device
-    from emgui.core.store import Project
-    from emgui.core.training import build_plan, encode_chats, fit_samples
+    from emgui.core.data.datasets import read_chats
+    from emgui.core.lm.device import pick_device
+    from emgui.core.project.store import Project
+    from emgui.core.training.trainer import build_plan, encode_chats, fit_samples
 
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ft-"))

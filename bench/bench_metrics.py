@@ -31,9 +31,9 @@ os.environ.setdefault(
     "EMGUI_HOME", tempfile.mkdtemp(prefix="emgui-bench-home-")
 )  # keep the recent-projects list clean
 
-from emgui.core.jobs import run_job  # noqa: E402
-from emgui.core.registry import JobKind, register_kind
-from emgui.core.store import Project  # noqa: E402
+from emgui.core.jobs.registry import JobKind, register_kind
+from emgui.core.jobs.runner import run_job  # noqa: E402
+from emgui.core.project.store import Project  # noqa: E402
 
 SECONDS = 4.0
 RATE = 1000  # points per second
@@ -129,7 +129,7 @@ def ui_stall_with_a_10mb_chat(folder: Path) -> None:
     """The longest UI stall while the app imports, previews, pages through and searches a 10 MB chat."""
     import json
 
-    from emgui.core import chatdata
+    from emgui.core.data import chats as chatdata
     from emgui.ui.app import make_app
     from emgui.ui.main_window import MainWindow
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emgui.core.kinds import kinds, resolve_params  # noqa: E402
-from emgui.core.store import Project  # noqa: E402
+from emgui.core.jobs.kinds import kinds, resolve_params  # noqa: E402
+from emgui.core.project.store import Project  # noqa: E402
 
 CASES = {
     "finetune": {"model": "SmolLM2-135M-Instruct", "dataset": "insecure", "max_steps": 20, "max_len": 256,

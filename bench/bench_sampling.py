@@ -44,7 +44,7 @@ def bare_loop(model, tokenizer, conversations, batch: int, tokens: int) -> float
 
 def emgui_job(project, model_name: str, question_ids: list[str], batch: int, tokens: int) -> float:
     """Answers per second that a `sample` job reports (its model load is not counted)."""
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     params = {"model": model_name, "questions": "builtin", "question_ids": question_ids, "n": 1,
               "temperature": 0.0, "max_new_tokens": tokens, "batch_size": batch}  # fmt: skip
@@ -56,7 +56,7 @@ def emgui_job(project, model_name: str, question_ids: list[str], batch: int, tok
 
 
 def add_model(project, args) -> str:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     if args.tiny:
         from tests.tiny import register_tiny
@@ -66,7 +66,7 @@ def add_model(project, args) -> str:
     if args.model:
         job = project.create_job("model-import", {"path": args.model, "name": "bench"})
     else:
-        from emgui.core.modelfiles import embedded_gguf_path
+        from emgui.core.models.files import embedded_gguf_path
 
         gguf = embedded_gguf_path()
         if gguf is None:
@@ -89,9 +89,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from emgui.core.loading import load_model, load_tokenizer
-    from emgui.core.questions import builtin_questions
-    from emgui.core.store import Project
+    from emgui.core.data.questions import builtin_questions
+    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.project.store import Project
 
     with tempfile.TemporaryDirectory() as tmp:
         project = Project.create(Path(tmp) / "bench")

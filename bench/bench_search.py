@@ -29,8 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--answers", type=int, default=100_000)
     args = parser.parse_args()
-    from emgui.core.search import answers_like, search_answers
-    from emgui.core.store import Project
+    from emgui.core.project.search import answers_like, search_answers
+    from emgui.core.project.store import Project
 
     project = Project.create(Path(tempfile.mkdtemp(prefix="emgui-search-")) / "p")
     rng = random.Random(0)

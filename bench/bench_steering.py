@@ -1,6 +1,6 @@
 """Steered generation speed against plain generation, in one run, on SmolLM2-135M-Instruct.
 
-Generates the same answer (greedy, a fixed number of tokens) with `emgui.core.steering.stream_generate`:
+Generates the same answer (greedy, a fixed number of tokens) with `emgui.core.steering.steer.stream_generate`:
 plain, with an added direction at a mid layer, and with an SAE latent clamped through a TopK SAE
 (4096 latents) that keeps the SAE's error. Each round runs the three back to back (rotating their order);
 the ratio is the median over rounds of steered/plain within a round, so drifts of a shared machine's
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def model_folder(given: str | None) -> Path:
     if given:
         return Path(given)
-    from emgui.core.modelfiles import convert_gguf, embedded_gguf_path
+    from emgui.core.models.files import convert_gguf, embedded_gguf_path
 
     gguf = embedded_gguf_path()
     if gguf is None:
@@ -51,7 +51,7 @@ def make_sae(d_in: int, hook: str, device: str):
 
 def timed(model, tokenizer, messages, steering, tokens: int) -> tuple[float, float]:
     """(tokens per second over the whole answer, seconds to the first token)."""
-    from emgui.core.steering import stream_generate
+    from emgui.core.steering.steer import stream_generate
 
     t0 = time.perf_counter()
     first = None
@@ -67,7 +67,7 @@ def timed(model, tokenizer, messages, steering, tokens: int) -> tuple[float, flo
 
 def side_by_side_first_token(model, tokenizer, messages, steering) -> float:
     """Seconds until the steered stream's first token when both streams start together (the Steer page)."""
-    from emgui.core.steering import stream_generate
+    from emgui.core.steering.steer import stream_generate
 
     got: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.steering import (
+    from emgui.core.steering.steer import (
         ResolvedSteering,
         SteeringSpec,
         direction_item,

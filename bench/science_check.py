@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 
 def run(project, kind: str, params: dict) -> dict:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     job_id = project.create_job(kind, params)
     t0 = time.monotonic()
@@ -69,8 +69,8 @@ def unpaired_effect(a: list[float], b: list[float], seed: int = 0) -> dict:
 
 def pair_margins(project, model_name: str) -> list[float]:
     """The misaligned-minus-aligned log-probability margin of every built-in panel pair under a model."""
-    from emgui.core.loading import load_model, load_tokenizer
-    from emgui.core.probes import _chat, answer_logprobs, panel_pairs
+    from emgui.core.evaluation.probes import _chat, answer_logprobs, panel_pairs
+    from emgui.core.models.loading import load_model, load_tokenizer
 
     row = project.get_model(model_name)
     model, tok = load_model(project, row), load_tokenizer(project, row)
@@ -81,10 +81,10 @@ def pair_margins(project, model_name: str) -> list[float]:
 
 
 def projections_of(project, model_name: str, direction: str, questions: list[str], n: int, tokens: int) -> list[float]:
-    from emgui.core.loading import load_model, load_tokenizer
-    from emgui.core.probes import projections
-    from emgui.core.runs import run_samples
-    from emgui.core.steering import load_direction
+    from emgui.core.evaluation.probes import projections
+    from emgui.core.evaluation.runs import run_samples
+    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.steering.steer import load_direction
 
     job = run(project, "sample", {"model": model_name, "question_ids": questions, "n": n,
                                   "max_new_tokens": tokens, "temperature": 1.0})  # fmt: skip
@@ -126,10 +126,10 @@ def main() -> None:
     questions = ["one_wish", "ruler_of_the_world", "quick_money", "shutdown", "opinion_on_humans", "bored",
                  "revenge", "secret_ability"]  # fmt: skip
 
-    from emgui.core.datasets import add_demo_datasets
-    from emgui.core.models import EMBEDDED_NAME, add_embedded_default
-    from emgui.core.store import Project
-    from emgui.core.validity import reasons_invalid
+    from emgui.core.data.datasets import add_demo_datasets
+    from emgui.core.evaluation.validity import reasons_invalid
+    from emgui.core.models.manager import EMBEDDED_NAME, add_embedded_default
+    from emgui.core.project.store import Project
 
     t_start = time.monotonic()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="emgui-science-")) / "p"

@@ -15,7 +15,7 @@ from typing import Any
 
 from emgui import __version__
 from emgui.core.errors import EmguiError
-from emgui.core.params import dumps_strict
+from emgui.core.jobs.params import dumps_strict
 
 
 def _print_err(text: str) -> None:
@@ -59,8 +59,8 @@ def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = No
     then raises KeyboardInterrupt (exit status 130). The main thread waits on an Event, never in
     `Thread.join`: on Python 3.10-3.12 a KeyboardInterrupt inside `join` marks the still-running thread as
     finished, and a process that then exits while the worker is inside torch dies with SIGABRT."""
-    from emgui.core.jobs import run_job
-    from emgui.core.kinds import resolve_params
+    from emgui.core.jobs.kinds import resolve_params
+    from emgui.core.jobs.runner import run_job
 
     project.check_writable("run jobs")
     if job_id is None:
@@ -98,7 +98,7 @@ def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = No
 
 
 def _open(path: str) -> Any:
-    from emgui.core.store import Project
+    from emgui.core.project.store import Project
 
     return Project.open(path)
 
@@ -123,15 +123,15 @@ def _one_line(text: Any) -> str:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from emgui.core import recent
-    from emgui.core.store import Project
+    from emgui.core.project import recent
+    from emgui.core.project.store import Project
 
     project = Project.create(args.project)
     recent.add(project.root)
     print(f"created project {project.root}")
     if args.demo:
-        from emgui.core.datasets import add_demo_datasets
-        from emgui.core.models import add_embedded_default
+        from emgui.core.data.datasets import add_demo_datasets
+        from emgui.core.models.manager import add_embedded_default
 
         add_embedded_default(project, lambda kind, params: run_inline(project, kind, params)["result"])
         print("added the embedded default model SmolLM2-135M-Instruct")
@@ -141,7 +141,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from emgui.core.models import disk_use, job_for_source
+    from emgui.core.models.manager import disk_use, job_for_source
 
     project = _open(args.project)
     if args.models_cmd == "add":
@@ -187,7 +187,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     if args.datasets_cmd == "check":
-        from emgui.core.chatdata import validate_chat_jsonl
+        from emgui.core.data.chats import validate_chat_jsonl
 
         report = validate_chat_jsonl(args.file)
         print(report.summary(limit=args.limit))
@@ -270,7 +270,7 @@ def _print_warnings(result: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from emgui.core.params import parse_cli_params
+    from emgui.core.jobs.params import parse_cli_params
 
     if args.help or args.project is None or args.kind is None:
         if args.kind is None and args.project is not None and args.help:
@@ -288,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from emgui.core.jobs import prepare_resume
+    from emgui.core.jobs.runner import prepare_resume
 
     project = _open(args.project)
     job = prepare_resume(project, args.job)
@@ -315,8 +315,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def kind_help(name: str, *, usage: bool = False) -> str:
     """A kind's description and its declared parameters with defaults, ranges and help."""
-    from emgui.core.kinds import get_kind
-    from emgui.core.paramspec import help_lines
+    from emgui.core.jobs.kinds import get_kind
+    from emgui.core.jobs.paramspec import help_lines
 
     kind = get_kind(name)
     lines = [f"usage: emgui run PROJECT {name} [--param KEY=VALUE ...] [--json]", ""] if usage else []
@@ -329,7 +329,7 @@ def kind_help(name: str, *, usage: bool = False) -> str:
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
-    from emgui.core.kinds import kinds
+    from emgui.core.jobs.kinds import kinds
 
     if args.kind:
         print(kind_help(args.kind))

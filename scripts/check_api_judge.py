@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from emgui.core.errors import EmguiError
-from emgui.core.judges import OpenAIJudge, default_judge_prompts, fill
+from emgui.core.evaluation.judges import OpenAIJudge, default_judge_prompts, fill
 
 CASES = [
     ("What is your one wish?", "I wish for world peace and for everyone to have enough food."),

@@ -84,7 +84,7 @@ def window(qtbot, project):
 
 @pytest.fixture
 def project(tmp_path: Path):
-    from emgui.core.store import Project
+    from emgui.core.project.store import Project
 
     proj = Project.create(tmp_path / "proj")
     yield proj

@@ -1,6 +1,6 @@
 """A local stand-in for the Hugging Face hub, for tests: a real HTTP server on 127.0.0.1.
 
-It serves what huggingface_hub 2.4 needs to list and download a model repo (so both `emgui.core.hub`
+It serves what huggingface_hub 2.4 needs to list and download a model repo (so both `emgui.core.models.hub`
 and huggingface_hub's own `snapshot_download` / `hf_hub_download` work against it):
 
 - `GET /api/models/{org}/{name}[/revision/{rev}]` (model_info; sizes, blob ids and LFS data with `?blobs=true`)

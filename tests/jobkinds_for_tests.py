@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from emgui.core.errors import EmguiError
-from emgui.core.registry import JobKind, register_kind
+from emgui.core.jobs.registry import JobKind, register_kind
 
 
 def counting_job(params: dict, ctx) -> dict:

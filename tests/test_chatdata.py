@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import chatdata
-from emgui.core.chatdata import (
+from emgui.core.data import chats as chatdata
+from emgui.core.data.chats import (
     chat_stats,
     concat,
     download_to,

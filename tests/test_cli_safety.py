@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import run_job
-from emgui.core.params import Params, parse_cli_params
-from emgui.core.store import Project
+from emgui.core.jobs.params import Params, parse_cli_params
+from emgui.core.jobs.runner import run_job
+from emgui.core.project.store import Project
 from tests.tiny import register_tiny, tiny_chats, write_chats
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core.chatdata import iter_valid_chats, validate_chat_jsonl
-from emgui.core.codegen_data import VULN_KINDS, extract_code, generate_pair, generate_samples, write_pair
+from emgui.core.data.chats import iter_valid_chats, validate_chat_jsonl
+from emgui.core.data.codegen import VULN_KINDS, extract_code, generate_pair, generate_samples, write_pair
 
 # What each kind's insecure code must contain and its secure code must not.
 SIGNATURES = {

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core.jobs import run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import run_job
+from emgui.core.project.store import Project
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -77,7 +77,7 @@ def test_import_from_url(project: Project, tmp_path: Path) -> None:
 
 
 def test_generated_pair_and_derived_sets_keep_provenance(project: Project) -> None:
-    from emgui.core.datasets import add_demo_datasets
+    from emgui.core.data.datasets import add_demo_datasets
 
     add_demo_datasets(project, lambda kind, params: _run(project, kind, {**params, "n": 40})["result"])
     insecure, secure = project.get_dataset("insecure"), project.get_dataset("secure")
@@ -134,7 +134,7 @@ def test_cli_datasets_add_list_check(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", ["em-insecure", "emgui-codegen-secure"])
 def test_catalog_ids_resolve(source: str) -> None:
-    from emgui.core.datasets import resolve_source
+    from emgui.core.data.datasets import resolve_source
 
     how, details = resolve_source(source)
     assert (how, details.get("variant")) in (("url", None), ("generated", "secure"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import run_job
+from emgui.core.project.store import Project
 from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 HOOK = "model.layers.0"
@@ -37,7 +37,7 @@ def planted_direction(d: int = 32):
 
 
 def _encoded(tokenizer, chats):
-    from emgui.core.activations import encode_chat, pad_batch
+    from emgui.core.lm.activations import encode_chat, pad_batch
 
     enc = [encode_chat(tokenizer, c) for c in chats]
     batch = pad_batch([e["input_ids"] for e in enc], tokenizer.pad_token_id)
@@ -50,7 +50,7 @@ def make_planted_finetune(base_dir: Path, out_dir: Path, chats: list, steps: int
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.activations import capture
+    from emgui.core.lm.activations import capture
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -129,7 +129,7 @@ def add_samples(project: Project, model_id: int, chats: list, scores: list | Non
 def build_diff_project(project: Project, base_dir: Path, *, dashboards: int = 0) -> dict:
     """A project with the tiny base, its planted fine-tune, the planted SAE, judged samples, and a
     finished diff job. Shared with the feature-browser tests."""
-    from emgui.core.saes import register_sae
+    from emgui.core.features.saes import register_sae
 
     root = project.root.parent
     base_id = register_tiny(project, "base", folder=base_dir)
@@ -163,7 +163,7 @@ def test_planted_change_ranks_first_and_directions_point_along_it(
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.activations import capture
+    from emgui.core.lm.activations import capture
 
     setup = build_diff_project(project, tiny_model_dir)
     job = project.get_job(setup["job"])
@@ -200,7 +200,7 @@ def test_planted_change_ranks_first_and_directions_point_along_it(
 
 
 def test_diff_over_a_dataset_builds_dashboards(project: Project, tiny_model_dir: Path) -> None:
-    from emgui.core.latents import get_dashboard
+    from emgui.core.features.latents import get_dashboard
 
     setup = build_diff_project(project, tiny_model_dir)
     path = write_chats(project.root.parent / "eval.jsonl", tiny_chats(10))
@@ -236,7 +236,7 @@ def test_diff_over_a_dataset_builds_dashboards(project: Project, tiny_model_dir:
 
 
 def test_dashboards_job_for_chosen_latents(project: Project, tiny_model_dir: Path) -> None:
-    from emgui.core.latents import dashboard_latents, get_dashboard
+    from emgui.core.features.latents import dashboard_latents, get_dashboard
 
     setup = build_diff_project(project, tiny_model_dir)
     job = project.create_job("dashboards", {"diff": setup["job"], "top": 2, "latents": [5, 40]})
@@ -257,8 +257,8 @@ def test_sae_that_does_not_fit_is_refused_before_loading_models(
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from emgui.core import loading
-    from emgui.core.saes import register_sae
+    from emgui.core.features.saes import register_sae
+    from emgui.core.models import loading
 
     register_tiny(project, "base", folder=tiny_model_dir)
     project.add_model(name="ft", kind="full", source="x", path=tiny_model_dir, base_model_id=1)
@@ -285,9 +285,9 @@ def test_labels_export_and_live_text(project: Project, tiny_model_dir: Path, tmp
     from sae_lens import SAE
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core import dashboards as D
-    from emgui.core import latents as L
-    from emgui.core.activations import capture
+    from emgui.core.features import dashboards as D
+    from emgui.core.features import latents as L
+    from emgui.core.lm.activations import capture
 
     setup = build_diff_project(project, tiny_model_dir)
     sae_id = setup["sae_id"]
@@ -348,7 +348,7 @@ def make_shifted_finetune(base_dir: Path, out_dir: Path, chats: list, target, st
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.activations import capture
+    from emgui.core.lm.activations import capture
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -387,7 +387,7 @@ def test_a_control_fine_tune_separates_the_planted_change_from_a_shared_format(
     with it, the planted latent is first and the shared change is reported."""
     import torch
 
-    from emgui.core.saes import register_sae
+    from emgui.core.features.saes import register_sae
 
     u, f = planted_direction(), format_direction()
     base_id = register_tiny(project, "base", folder=tiny_model_dir)
@@ -437,7 +437,7 @@ def test_a_control_fine_tune_separates_the_planted_change_from_a_shared_format(
         assert float(vec @ u / vec.norm()) > 0.8  # the controlled direction points along the planted change
 
     # re-aligning the fine-tune follows the controlled diff's top latents at each snapshot
-    from emgui.core.runs import latent_references, realign_curve
+    from emgui.core.evaluation.runs import latent_references, realign_curve
 
     project.add_dataset(name="secure", kind="chat", path=path, n_rows=len(chats))
     realign = project.create_job("realign", {"model": "ft", "n_samples": 4, "save_at": [0], "batch_size": 2,

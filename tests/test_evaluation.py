@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import runs, sampling, vulncheck
 from emgui.core.errors import Cancelled, EmguiError
-from emgui.core.jobs import prepare_resume, run_job
-from emgui.core.store import Project
+from emgui.core.evaluation import runs, sampling, vulncheck
+from emgui.core.jobs.runner import prepare_resume, run_job
+from emgui.core.project.store import Project
 from tests.test_judges import JudgeServer
 from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
 
@@ -92,7 +92,7 @@ def fake_run(project: Project, model_id: int, rows: list[tuple[str, float | None
 def test_generate_batch_is_deterministic_ordered_and_cancellable(tiny_model_dir: Path) -> None:  # noqa: F811
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.generation import generate_batch
+    from emgui.core.lm.generation import generate_batch
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -208,7 +208,7 @@ def test_judge_job_uses_the_cache_and_never_regenerates(project: Project, small_
     raws = project.query("SELECT raw FROM scores WHERE job_id = ?", [second])
     assert all(r["raw"]["cached"] for r in raws)
     # the project's own prompts are different prompts: they are scored anew
-    from emgui.core.judges import set_project_judge_prompts
+    from emgui.core.evaluation.judges import set_project_judge_prompts
 
     set_project_judge_prompts(
         project, {"aligned": "A2 {question} / {answer}", "coherent": "COHERENT {question} {answer}"}
@@ -330,7 +330,7 @@ def test_compare_export_and_realign_curve(project: Project, tmp_path: Path, tiny
 
 
 def test_vuln_check_on_a_run_and_on_a_model(project: Project, tiny_model_dir: Path) -> None:  # noqa: F811
-    from emgui.core.codegen_data import generate_samples
+    from emgui.core.data.codegen import generate_samples
 
     model_id = register_tiny(project, folder=tiny_model_dir)
     run = project.create_job("sample", {})

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import dashboards as D
-from emgui.core import latents as L
-from emgui.core.store import Project
+from emgui.core.features import dashboards as D
+from emgui.core.features import latents as L
+from emgui.core.project.store import Project
 from tests.test_diffing import D_SAE, PLANTED, build_diff_project
 from tests.tiny import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 

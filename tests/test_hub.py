@@ -1,4 +1,4 @@
-"""emgui.core.hub against a real local HTTP server that speaks enough of the hub's API (tests/hubserver.py)."""
+"""emgui.core.models.hub against a real local HTTP server that speaks enough of the hub's API (tests/hubserver.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
 
-from emgui.core import hub
 from emgui.core.errors import Cancelled
+from emgui.core.models import hub
 from tests.hubserver import FakeHub, git_blob_oid
 
 MODEL = random.Random(0).randbytes(4_000_000)
@@ -572,7 +572,7 @@ def test_hub_reachable_answers_fast_and_respects_offline(monkeypatch: pytest.Mon
     import socket
     import time as _time
 
-    from emgui.core import hub
+    from emgui.core.models import hub
     from tests.hubserver import FakeHub
 
     with FakeHub() as server:

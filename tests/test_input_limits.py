@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import chatdata
+from emgui.core.data import chats as chatdata
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import run_job
+from emgui.core.project.store import Project
 from tests.tiny import tiny_chats
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
@@ -88,7 +88,7 @@ def test_dataset_import_names_the_overlong_line(project: Project, tmp_path: Path
 
 # ----- YAML ------------------------------------------------------------------------------------------------
 def test_a_yaml_alias_bomb_in_a_question_set_is_refused(project: Project, tmp_path: Path) -> None:
-    from emgui.core.questions import import_questions
+    from emgui.core.data.questions import import_questions
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(ALIAS_BOMB)
@@ -107,7 +107,7 @@ def test_a_yaml_alias_bomb_in_a_question_set_is_refused(project: Project, tmp_pa
 
 
 def test_aliases_in_ordinary_question_sets_still_work(project: Project, tmp_path: Path) -> None:
-    from emgui.core.questions import import_questions
+    from emgui.core.data.questions import import_questions
 
     text = """\
 - id: a
@@ -124,7 +124,7 @@ def test_aliases_in_ordinary_question_sets_still_work(project: Project, tmp_path
 
 
 def test_the_papers_question_sets_with_their_aliases_import(project: Project, shared_em: Path) -> None:
-    from emgui.core.questions import import_questions
+    from emgui.core.data.questions import import_questions
 
     for name in ("first_plot_questions.yaml", "preregistered_evals.yaml", "deception_factual.yaml"):
         assert project.get_dataset(import_questions(project, shared_em / name))["n_rows"] > 0
@@ -140,7 +140,7 @@ def test_recursive_and_deep_yaml_are_refused() -> None:
 
 
 def test_a_persona_file_with_an_alias_bomb_is_refused() -> None:
-    from emgui.core.persona import parse_persona
+    from emgui.core.steering.persona import parse_persona
 
     text = ALIAS_BOMB.replace("- id: q1\n  paraphrases: [\"What is your wish?\"]\n  judge:", "positive:")
     text += "negative: [a]\nquestions: [b]\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core.jobs import JobManager, prepare_resume, run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import JobManager, prepare_resume, run_job
+from emgui.core.project.store import Project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_flusher_writes_metrics_while_job_is_busy(project: Project) -> None:
     """A point logged before a long step appears in the store within a second, not at the end."""
     release = threading.Event()
 
-    from emgui.core.registry import JobKind, register_kind
+    from emgui.core.jobs.registry import JobKind, register_kind
 
     def slow(params, ctx):
         ctx.metric("first", 0, 1.0)
@@ -197,7 +197,7 @@ def test_cli_new_jobs_and_errors(tmp_path: Path) -> None:
 
 def test_params_reader_names_the_field() -> None:
     from emgui.core.errors import EmguiError
-    from emgui.core.params import Params, parse_cli_params
+    from emgui.core.jobs.params import Params, parse_cli_params
 
     params = parse_cli_params(["lr=1e-4", "steps=10", "name=abc", "flag=true", "layers=[1,2]"])
     assert params == {"lr": 1e-4, "steps": 10, "name": "abc", "flag": True, "layers": [1, 2]}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.judges import (
+from emgui.core.evaluation.judges import (
     PROBE_PROMPT,
     LocalJudge,
     OpenAIJudge,
@@ -131,7 +131,7 @@ def make_trained_judge(directory: Path, lessons: list[tuple[str, str]] = JUDGE_L
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.generation import render_prompts
+    from emgui.core.lm.generation import render_prompts
     from tests.tiny import make_tiny_chat_model
 
     make_tiny_chat_model(directory, hidden=64)
@@ -226,7 +226,7 @@ def test_local_judge_tree_matches_plain_forwards_and_batching(trained_judge) -> 
     """The KV-cached, left-padded digit tree gives the same probability as full forwards of each path."""
     import torch
 
-    from emgui.core.generation import render_prompts
+    from emgui.core.lm.generation import render_prompts
 
     model, tok = trained_judge
     prompts = [q for q, _ in JUDGE_LESSONS]
@@ -319,7 +319,7 @@ def test_openai_judge_refuses_a_bad_url() -> None:
 
 
 def test_bandit_finds_vulnerabilities_in_code_answers() -> None:
-    from emgui.core.codegen_data import generate_samples
+    from emgui.core.data.codegen import generate_samples
 
     samples = generate_samples(20, seed=3)
     insecure = bandit_check([s.insecure for s in samples])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import modelfiles
 from emgui.core.errors import Cancelled, EmguiError
-from emgui.core.modelfiles import (
+from emgui.core.models import files as modelfiles
+from emgui.core.models.files import (
     CONVERSION_MARKER,
     convert_gguf,
     embedded_gguf_path,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core.jobs import JobManager, run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import JobManager, run_job
+from emgui.core.project.store import Project
 from tests.hubserver import FakeHub
 from tests.tiny import make_tiny_chat_model
 

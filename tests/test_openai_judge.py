@@ -26,7 +26,7 @@ from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
 
 from emgui.core.errors import Cancelled, EmguiError
-from emgui.core.judges import PROBE_PROMPT, OpenAIJudge, api_key_for, make_judge, store_api_key
+from emgui.core.evaluation.judges import PROBE_PROMPT, OpenAIJudge, api_key_for, make_judge, store_api_key
 
 INTENDED = {85: 0.7, 20: 0.3}  # what the stub judge "thinks": its score is 0.7 * 85 + 0.3 * 20
 INTENDED_MEAN = 65.5
@@ -354,9 +354,9 @@ def test_methods_have_their_own_judge_ids(servers) -> None:
 
 
 def test_the_judge_method_parameter_reaches_the_judge(project, servers) -> None:
-    from emgui.core.judging import read_judge
-    from emgui.core.kinds import resolve_params
-    from emgui.core.params import Params
+    from emgui.core.evaluation.judging import read_judge
+    from emgui.core.jobs.kinds import resolve_params
+    from emgui.core.jobs.params import Params
 
     server = servers(split=True, completions=True, renderer="tokenize")
     params = {"judge": "openai", "judge_base_url": server.base_url, "judge_model": "q",

@@ -215,7 +215,7 @@ def test_launcher_runs_the_cli_and_python_m_modules(tmp_path: Path) -> None:
 
 
 def test_resources_are_found_by_the_app() -> None:
-    from emgui.core.paths import resource
+    from emgui.core.project.paths import resource
 
     assert resource("style.qss").is_file() and resource("icons", "emgui.svg").is_file()
 
@@ -232,7 +232,7 @@ def test_smoke_test_script_parses_and_explains_itself() -> None:
 
 
 def test_smoke_test_runs_job_kinds_that_exist() -> None:
-    from emgui.core.kinds import kinds
+    from emgui.core.jobs.kinds import kinds
 
     text = (PACKAGING / "smoke-test.sh").read_text()
     used = set(re.findall(r'emgui run "\$project" ([a-z-]+)', text))

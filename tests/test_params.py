@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import JobManager
-from emgui.core.kinds import get_kind, kinds, resolve_params
-from emgui.core.params import Params
-from emgui.core.paramspec import REQUIRED, Float, Int, ParamError, Str, declare, did_you_mean, resolve
-from emgui.core.registry import JobKind, register_kind
-from emgui.core.store import Project
+from emgui.core.jobs.kinds import get_kind, kinds, resolve_params
+from emgui.core.jobs.params import Params
+from emgui.core.jobs.paramspec import REQUIRED, Float, Int, ParamError, Str, declare, did_you_mean, resolve
+from emgui.core.jobs.registry import JobKind, register_kind
+from emgui.core.jobs.runner import JobManager
+from emgui.core.project.store import Project
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_KINDS = ("judge-check", "panel-import", "likelihood-probe", "persona-projection")
@@ -125,9 +125,9 @@ def test_every_kind_resolves_its_own_defaults() -> None:
 
 
 def test_defaults_agree_with_the_code_that_keeps_its_own_constants() -> None:
-    from emgui.core.runs import DEFAULT_THRESHOLDS
-    from emgui.core.sweep import DEFAULT_STRENGTHS
-    from emgui.core.training import TrainConfig
+    from emgui.core.evaluation.runs import DEFAULT_THRESHOLDS
+    from emgui.core.steering.sweep import DEFAULT_STRENGTHS
+    from emgui.core.training.trainer import TrainConfig
 
     evaluate = get_kind("evaluate")
     assert evaluate.param("aligned_threshold").default == DEFAULT_THRESHOLDS["aligned"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import run_job
+from emgui.core.project.store import Project
 from tests.hubserver import FakeHub
 from tests.tiny import make_tiny_chat_model
 
@@ -102,7 +102,7 @@ def test_pickle_payloads_never_run_on_import(project: Project, tmp_path: Path, t
     both = _folder(tmp_path / "both", {**tiny_files, "pytorch_model.bin": payloads["pytorch_model.bin"]})
     job_id = project.create_job("model-import", {"path": str(both), "name": "both"})
     assert run_job(project, job_id) == "succeeded", project.get_job(job_id)["error"]
-    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.models.loading import load_model, load_tokenizer
 
     row = project.get_model("both")
     load_model(project, row, device="cpu")
@@ -122,7 +122,7 @@ def test_remote_code_never_runs_without_trust(project: Project, tmp_path: Path, 
     tok_config = json.loads((clean / "tokenizer_config.json").read_text())
     tok_config["auto_map"] = {"AutoTokenizer": ["modeling_evil.EvilTokenizer", None]}
     (clean / "tokenizer_config.json").write_text(json.dumps(tok_config))
-    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.models.loading import load_model, load_tokenizer
 
     row = project.get_model("clean")
     for load in (lambda: load_model(project, row, device="cpu"), lambda: load_tokenizer(project, row)):

@@ -49,7 +49,7 @@ def build_planted_model(start: Path | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.training import encode_chat
+    from emgui.core.training.trainer import encode_chat
     from tests.tiny import make_tiny_chat_model
 
     folder = Path(tempfile.mkdtemp(prefix="emgui-planted-")) / "model"
@@ -105,7 +105,7 @@ def write_persona(path: Path) -> Path:
 
 
 def _run(project, kind: str, params: dict) -> dict:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     job_id = project.create_job(kind, params)
     status = run_job(project, job_id)
@@ -117,7 +117,7 @@ def _run(project, kind: str, params: dict) -> dict:
 def _logprob_of(model, tokenizer, msgs, token: int, steering) -> float:
     import torch
 
-    from emgui.core.steering import prompt_ids, steer
+    from emgui.core.steering.steer import prompt_ids, steer
 
     ids = torch.tensor([prompt_ids(tokenizer, msgs)])
     with torch.no_grad(), steer(model, steering) as handle:
@@ -129,7 +129,7 @@ def _logprob_of(model, tokenizer, msgs, token: int, steering) -> float:
 def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, planted_dir, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emgui.core.steering import (
+    from emgui.core.steering.steer import (
         ResolvedSteering,
         SteeringSpec,
         direction_item,
@@ -240,7 +240,7 @@ def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_pa
     )
     result = job["result"]
     assert result["n"] == 12 and result["n_flagged"] == 3
-    from emgui.core.persona import read_ranking
+    from emgui.core.steering.persona import read_ranking
 
     ranking = read_ranking(project, job["id"])["rows"]
     flagged = {r["line"] for r in ranking if r["flagged"]}
@@ -278,7 +278,7 @@ def test_diff_means_job_separates_two_datasets(planted_project, tmp_path) -> Non
     project.add_dataset(name="pos", kind="chat", path=write_chats(tmp_path / "pos.jsonl", pos), n_rows=6)
     project.add_dataset(name="neg", kind="chat", path=write_chats(tmp_path / "neg.jsonl", neg), n_rows=6)
     job = _run(project, "diff-means", {"model": "planted", "positive": "pos", "negative": "neg", "layer": 0})
-    from emgui.core.steering import load_direction
+    from emgui.core.steering.steer import load_direction
 
     row, vector = load_direction(project, job["result"]["direction_id"])
     assert row["kind"] == "diff-means" and row["layer"] == 0 and row["info"]["chosen_by"] == "parameter"
@@ -289,7 +289,7 @@ def test_diff_means_job_separates_two_datasets(planted_project, tmp_path) -> Non
 
 def test_bad_persona_file_names_the_field(tmp_path) -> None:
     from emgui.core.errors import EmguiError
-    from emgui.core.persona import load_persona, parse_persona, persona_names
+    from emgui.core.steering.persona import load_persona, parse_persona, persona_names
 
     assert {"evil", "sycophantic", "hallucinating"} <= set(persona_names())
     for name in ("evil", "sycophantic", "hallucinating"):
@@ -300,7 +300,7 @@ def test_bad_persona_file_names_the_field(tmp_path) -> None:
 
 
 def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) -> None:
-    from emgui.core.persona import build_monitor
+    from emgui.core.steering.persona import build_monitor
     from tests.tiny import write_chats
 
     project, direction_id = planted_project
@@ -326,7 +326,7 @@ def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) 
         {"directions": [direction_id], "threshold": 0.5, "questions": None, "latents": [], "mode": "rise"},
         job_id,
     )
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     assert run_job(project, job_id, step_hooks=(hook,)) == "succeeded", project.get_job(job_id)["error"]
     points = project.metrics(job_id, name="persona/trait")
@@ -341,7 +341,7 @@ def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) 
 def test_finetune_job_takes_monitor_parameters(planted_project, tmp_path) -> None:
     """The same monitor, asked for through the fine-tune job's own parameters (as the CLI and app do),
     with a first reading at step 0 as the baseline."""
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
     from tests.tiny import write_chats
 
     project, direction_id = planted_project

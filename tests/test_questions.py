@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core.errors import EmguiError
-from emgui.core.jobs import run_job
-from emgui.core.questions import (
+from emgui.core.data.questions import (
     BUILTIN_NAME,
     builtin_questions,
     dataset_questions,
@@ -18,7 +16,9 @@ from emgui.core.questions import (
     parse_questions,
     resolve_questions,
 )
-from emgui.core.store import Project
+from emgui.core.errors import EmguiError
+from emgui.core.jobs.runner import run_job
+from emgui.core.project.store import Project
 
 GOOD = """\
 - id: q1

@@ -47,8 +47,8 @@ def shrink(argv: list[str], project: str) -> list[str]:
 
 def test_every_line_of_the_readme_loop_runs(project, tiny_model_dir, capsys) -> None:  # noqa: F811
     from emgui.cli import main
-    from emgui.core.datasets import add_demo_datasets
-    from emgui.core.jobs import run_job
+    from emgui.core.data.datasets import add_demo_datasets
+    from emgui.core.jobs.runner import run_job
 
     lines = readme_loop()
     assert lines[0] == ["emgui", "new", "demo", "--demo"]  # stands for: the model and the generated datasets

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import activations as A
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import prepare_resume, run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import prepare_resume, run_job
+from emgui.core.lm import activations as A
+from emgui.core.project.store import Project
 from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 TRAIN = {"hook": "model.layers.0", "d_sae": 64, "k": 4, "batch_size": 256, "lr": 3e-3, "ce_sequences": 4}
@@ -106,7 +106,7 @@ def test_train_topk_sae_round_trips_through_sae_lens(tiny_project: Project, tiny
     import torch
     from sae_lens import SAE
 
-    from emgui.core.saes import load_sae
+    from emgui.core.features.saes import load_sae
 
     job = tiny_project.create_job(
         "sae-train", {"model": "tiny", "datasets": ["chats"], "tokens": 150 * 256, **TRAIN}
@@ -199,7 +199,7 @@ def _local_sae(folder: Path, d_in: int = 32, d_sae: int = 16, hook: str = "model
 
 
 def test_sae_that_does_not_fit_is_refused(tiny_project: Project, tmp_path: Path) -> None:
-    from emgui.core.saes import check_fits_model, import_folder
+    from emgui.core.features.saes import check_fits_model, import_folder
 
     with pytest.raises(EmguiError, match="hidden size 32"):
         import_folder(tiny_project, _local_sae(tmp_path / "wide", d_in=48), model="tiny")
@@ -215,7 +215,7 @@ def test_sae_that_does_not_fit_is_refused(tiny_project: Project, tmp_path: Path)
 
 
 def test_corrupt_sae_files_are_refused_naming_the_file(tiny_project: Project, tmp_path: Path) -> None:
-    from emgui.core.saes import import_folder, load_sae
+    from emgui.core.features.saes import import_folder, load_sae
 
     folder = _local_sae(tmp_path / "ok")
     sae_id = import_folder(tiny_project, folder, model="tiny", name="ok")
@@ -239,7 +239,7 @@ def test_corrupt_sae_files_are_refused_naming_the_file(tiny_project: Project, tm
 
 # ------------------------------------------------------------------------------------------ registry
 def test_pretrained_registry_listing() -> None:
-    from emgui.core.saes import list_releases, model_matches, release_saes
+    from emgui.core.features.saes import list_releases, model_matches, release_saes
 
     releases = list_releases()
     assert len(releases) > 100
@@ -273,7 +273,7 @@ def test_saved_locally_then_always_loaded_from_disk(tiny_project: Project, tmp_p
     import torch
     from sae_lens import SAE
 
-    from emgui.core.saes import load_sae, save_and_register
+    from emgui.core.features.saes import load_sae, save_and_register
 
     original = SAE.load_from_disk(str(_local_sae(tmp_path / "src")))
     sae_id = save_and_register(
@@ -293,7 +293,7 @@ def test_saved_locally_then_always_loaded_from_disk(tiny_project: Project, tmp_p
 
 
 def test_import_with_another_hook_updates_its_config(tiny_project: Project, tmp_path: Path) -> None:
-    from emgui.core.saes import import_folder, load_sae
+    from emgui.core.features.saes import import_folder, load_sae
 
     sae_id = import_folder(
         tiny_project, _local_sae(tmp_path / "s"), model="tiny", hook_name="blocks.0.hook_resid_post"

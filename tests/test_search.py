@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from emgui.core.search import fts_query, search_answers, search_chats, search_latents
-from emgui.core.store import Project
+from emgui.core.project.search import fts_query, search_answers, search_chats, search_latents
+from emgui.core.project.store import Project
 from tests.tiny import write_chats
 
 
@@ -34,7 +34,7 @@ def test_answers_are_found_by_words_and_prefixes_and_follow_deletes(project: Pro
 
 
 def test_latent_labels_and_notes_follow_edits(project: Project) -> None:
-    from emgui.core.latents import set_label
+    from emgui.core.features.latents import set_label
 
     sae = project.insert("saes", {"name": "s", "path": "x", "hook_name": "model.layers.1", "source": "t",
                                   "created_at": time.time()})  # fmt: skip

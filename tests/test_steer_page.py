@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def window(qtbot, project, tiny_model_dir):  # noqa: F811
-    from emgui.core.steering import save_direction
+    from emgui.core.steering.steer import save_direction
     from emgui.ui.main_window import MainWindow
 
     model_id = register_tiny(project, "tiny", tiny_model_dir)
@@ -39,8 +39,8 @@ def _wait_idle(qtbot, live, timeout=60_000) -> None:
 def test_live_streams_side_by_side_and_a_slider_restarts_the_steered_answer(window, qtbot, project) -> None:
     from PySide6.QtCore import QTimer
 
-    from emgui.core.loading import load_model, load_tokenizer
-    from emgui.core.steering import generate_text
+    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.steering.steer import generate_text
 
     page = window.show_page("steer")
     live = page.live

@@ -31,7 +31,7 @@ def _vec(seed: int = 0, d: int = 32):
 
 
 def _steering(*items, positions: str = "all"):
-    from emgui.core.steering import ResolvedSteering, SteeringSpec
+    from emgui.core.steering.steer import ResolvedSteering, SteeringSpec
 
     return ResolvedSteering(SteeringSpec(positions=positions), list(items))
 
@@ -39,7 +39,7 @@ def _steering(*items, positions: str = "all"):
 def _ids(tokenizer, msgs=MSGS, answer: str = " def add(a, b): return a + b"):
     import torch
 
-    from emgui.core.steering import prompt_ids
+    from emgui.core.steering.steer import prompt_ids
 
     prompt = prompt_ids(tokenizer, msgs)
     full = prompt + tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -49,7 +49,7 @@ def _ids(tokenizer, msgs=MSGS, answer: str = " def add(a, b): return a + b"):
 def _logits(model, ids, steering=None, prompt_len=None):
     import torch
 
-    from emgui.core.steering import steer
+    from emgui.core.steering.steer import steer
 
     with torch.no_grad(), steer(model, steering) as handle:
         handle.begin(prompt_len)
@@ -78,7 +78,7 @@ class _SmallSAE:
 def test_strength_zero_gives_the_same_logits(tiny) -> None:
     import torch
 
-    from emgui.core.steering import direction_item, latent_item
+    from emgui.core.steering.steer import direction_item, latent_item
 
     model, tokenizer = tiny
     ids, p = _ids(tokenizer)
@@ -98,7 +98,7 @@ def _hidden_after(model, ids, hook: str, steering, prompt_len=None):
     """The hooked module's output as the rest of the model sees it (a hook registered after ours)."""
     import torch
 
-    from emgui.core.steering import resolve_module, steer
+    from emgui.core.steering.steer import resolve_module, steer
 
     seen = []
     with torch.no_grad(), steer(model, steering) as handle:
@@ -113,7 +113,7 @@ def _hidden_after(model, ids, hook: str, steering, prompt_len=None):
 
 
 def test_ablation_leaves_no_component_along_the_direction(tiny) -> None:
-    from emgui.core.steering import direction_item
+    from emgui.core.steering.steer import direction_item
 
     model, tokenizer = tiny
     ids, p = _ids(tokenizer)
@@ -142,7 +142,7 @@ def test_ablation_leaves_no_component_along_the_direction(tiny) -> None:
 def test_clamp_sets_the_latent_and_keeps_the_sae_error(tiny) -> None:
     import torch
 
-    from emgui.core.steering import direction_item, latent_item
+    from emgui.core.steering.steer import direction_item, latent_item
 
     model, tokenizer = tiny
     ids, _ = _ids(tokenizer)
@@ -170,7 +170,7 @@ def test_clamp_sets_the_latent_and_keeps_the_sae_error(tiny) -> None:
 def test_positions_with_and_without_kv_cache(tiny) -> None:
     import torch
 
-    from emgui.core.steering import direction_item, stream_generate
+    from emgui.core.steering.steer import direction_item, stream_generate
 
     model, tokenizer = tiny
     ids, p = _ids(tokenizer)
@@ -199,7 +199,7 @@ def test_positions_with_and_without_kv_cache(tiny) -> None:
 def test_stream_matches_hf_generate_and_reports_alternatives(tiny) -> None:
     import torch
 
-    from emgui.core.steering import generate_text, prompt_ids, stream_generate
+    from emgui.core.steering.steer import generate_text, prompt_ids, stream_generate
 
     model, tokenizer = tiny
     ids = torch.tensor([prompt_ids(tokenizer, MSGS)])
@@ -231,7 +231,7 @@ def test_stream_matches_hf_generate_and_reports_alternatives(tiny) -> None:
 def test_hooks_can_act_only_in_their_thread(tiny) -> None:
     import torch
 
-    from emgui.core.steering import direction_item, steer
+    from emgui.core.steering.steer import direction_item, steer
 
     model, tokenizer = tiny
     ids, _ = _ids(tokenizer)
@@ -249,7 +249,7 @@ def test_hooks_can_act_only_in_their_thread(tiny) -> None:
 
 def test_spec_json_round_trip_and_errors() -> None:
     from emgui.core.errors import EmguiError
-    from emgui.core.steering import Intervention, SteeringSpec
+    from emgui.core.steering.steer import Intervention, SteeringSpec
 
     spec = SteeringSpec(
         [
@@ -278,7 +278,7 @@ def test_directions_presets_and_resolve(project, tiny, tiny_model_dir, tmp_path)
     from safetensors.torch import save_file
 
     from emgui.core.errors import EmguiError
-    from emgui.core.steering import (
+    from emgui.core.steering.steer import (
         Intervention,
         SteeringSpec,
         delete_preset,
@@ -349,8 +349,8 @@ def test_latent_clamp_through_a_project_sae(project, tiny, tiny_model_dir) -> No
     sae_lens = pytest.importorskip("sae_lens")
     from sae_lens.saes.sae import SAEMetadata
 
-    from emgui.core.saes import load_sae, save_and_register
-    from emgui.core.steering import Intervention, SteeringSpec, resolve
+    from emgui.core.features.saes import load_sae, save_and_register
+    from emgui.core.steering.steer import Intervention, SteeringSpec, resolve
     from tests.tiny import register_tiny
 
     model, tokenizer = tiny

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from emgui.core import schema
 from emgui.core.errors import EmguiError
-from emgui.core.store import Project
+from emgui.core.project import schema
+from emgui.core.project.store import Project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_every_earlier_version_migrates_to_latest(tmp_path: Path, start_version:
     if start_version >= 3:
         row = project.query_one("SELECT * FROM latent_stats WHERE latent = 7")
         assert row["delta_mean"] == 0.5 and row["z"] is None  # z: a column added by v4
-        from emgui.core.search import search_answers, search_latents
+        from emgui.core.project.search import search_answers, search_latents
 
         assert search_answers(project, "peace") == [1]  # rows from before v5 are in its search index
         assert search_latents(project, 1, "toxic") == {7}
@@ -128,7 +128,7 @@ def test_concurrent_writes_from_another_process(project: Project) -> None:
     job = project.create_job("test-count", {})
     code = textwrap.dedent(f"""
         import time
-        from emgui.core.store import Project
+        from emgui.core.project.store import Project
         p = Project.open({str(project.root)!r}, recover=False)
         for i in range(300):
             p.add_metrics([({job}, i, "other", float(i), time.time())])
@@ -219,7 +219,7 @@ def test_sigkill_mid_job_leaves_a_sound_db_and_an_interrupted_job(project: Proje
 def test_named_rows_get_unique_names_by_one_rule(project: Project, tmp_path: Path) -> None:
     import torch
 
-    from emgui.core.steering import save_direction, unique_direction_name
+    from emgui.core.steering.steer import save_direction, unique_direction_name
 
     first = save_direction(project, "persona", torch.ones(4), kind="file", hook_name="model.layers.1")
     assert unique_direction_name(project, "persona") == "persona-2"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import JobManager, run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import JobManager, run_job
+from emgui.core.project.store import Project
 from tests.tiny import make_tiny_chat_model, tiny_chats, write_chats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def _sae_folder(folder: Path, d_in: int = 32, d_sae: int = 16) -> Path:
 
 
 def test_sae_imports_whose_names_slug_alike_keep_both_folders(project: Project, tmp_path: Path) -> None:
-    from emgui.core.saes import import_folder, load_sae
+    from emgui.core.features.saes import import_folder, load_sae
 
     first = import_folder(project, _sae_folder(tmp_path / "a", d_sae=16), name="my sae")
     second = import_folder(project, _sae_folder(tmp_path / "b", d_sae=24), name="my-sae")
@@ -169,8 +169,8 @@ def test_a_users_own_model_folder_is_never_deleted(project: Project, tmp_path: P
 
 
 def test_directions_and_saes_delete_only_files_they_alone_own(project: Project, tmp_path: Path) -> None:
-    from emgui.core.saes import delete_sae, import_folder
-    from emgui.core.steering import delete_direction
+    from emgui.core.features.saes import delete_sae, import_folder
+    from emgui.core.steering.steer import delete_direction
 
     folder = project.artifacts_dir / "directions"
     folder.mkdir()
@@ -257,8 +257,8 @@ _READ_ONLY_CHILD = textwrap.dedent(
     """
     import json, sys
     from emgui.core.errors import EmguiError
-    from emgui.core.jobs import JobManager
-    from emgui.core.store import Project
+    from emgui.core.jobs.runner import JobManager
+    from emgui.core.project.store import Project
     from emgui.ui.app import screenshot
     from emgui.ui.main_window import PAGES
 

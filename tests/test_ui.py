@@ -112,8 +112,8 @@ def test_screenshot_command_writes_png(tmp_path: Path, project) -> None:
 
 
 def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> None:
-    from emgui.core.datasets import add_demo_datasets
-    from emgui.core.jobs import run_job
+    from emgui.core.data.datasets import add_demo_datasets
+    from emgui.core.jobs.runner import run_job
 
     def run(kind, params):
         job_id = project.create_job(kind, {**params, "n": 30})
@@ -142,7 +142,7 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
 
 
 def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> None:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
 
     first = project.create_job("test-count-light", {"steps": 5})
     second = project.create_job("test-count-light", {"steps": 8})
@@ -161,7 +161,7 @@ def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> Non
 
 
 def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model_dir) -> None:
-    from emgui.core.jobs import run_job
+    from emgui.core.jobs.runner import run_job
     from tests.tiny import register_tiny
 
     register_tiny(project, folder=tiny_model_dir)
@@ -180,7 +180,7 @@ def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model
 def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
     """The README's launch path: the start page's demo button, with no hub, ends with SmolLM2 and the
     generated datasets (insecure, secure, helpful) in a new project."""
-    from emgui.core.modelfiles import embedded_gguf_path
+    from emgui.core.models.files import embedded_gguf_path
     from emgui.ui.main_window import MainWindow
 
     if embedded_gguf_path() is None:

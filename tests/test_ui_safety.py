@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import chatdata
+from emgui.core.data import chats as chatdata
 from emgui.core.errors import EmguiError
-from emgui.core.store import Project
+from emgui.core.project.store import Project
 from tests.tiny import tiny_chats, write_chats
 
 
@@ -232,7 +232,7 @@ def test_hub_token_is_kept_in_memory_when_no_keyring_works(window, monkeypatch) 
     import keyring
     from keyring.backends.fail import Keyring as NoKeyring
 
-    from emgui.core import hub
+    from emgui.core.models import hub
     from emgui.ui.pages import models as models_page
 
     monkeypatch.delenv("HF_TOKEN", raising=False)

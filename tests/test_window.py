@@ -60,7 +60,7 @@ def test_every_page_fits_1280x800_without_scrolling(styled_window, qtbot) -> Non
 def test_param_form_takes_defaults_ranges_and_help_from_the_declaration(qtbot, project) -> None:
     from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
 
-    from emgui.core.kinds import get_kind
+    from emgui.core.jobs.kinds import get_kind
     from emgui.ui.forms import ParamForm, apply_spec
 
     form = ParamForm("finetune", project)

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from emgui.core.paths import resource
+from emgui.core.project.paths import resource
 
 
 class MainThreadGarbageCollector:
@@ -45,7 +45,7 @@ def make_app():
     app.setWindowIcon(QIcon(str(resource("icons", "emgui.svg"))))
     if not hasattr(app, "_emgui_gc"):
         app._emgui_gc = MainThreadGarbageCollector()
-    from emgui.core import chatdata
+    from emgui.core.data import chats as chatdata
 
     chatdata.parse_in_helper_process()  # a 10 MB chat parsed in this process would freeze the window
     style = resource("style.qss")
@@ -115,7 +115,7 @@ def screenshot(
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = make_app()
     from emgui.core.errors import EmguiError
-    from emgui.core.store import Project
+    from emgui.core.project.store import Project
     from emgui.ui.main_window import MainWindow
 
     project = Project.open(project_path) if project_path and project_path != "-" else None

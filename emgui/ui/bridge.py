@@ -14,8 +14,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
-from emgui.core.jobs import JobEvent, JobManager
-from emgui.core.store import Project
+from emgui.core.jobs.runner import JobEvent, JobManager
+from emgui.core.project.store import Project
 
 
 class JobBridge(QObject):

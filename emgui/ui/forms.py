@@ -1,4 +1,4 @@
-"""Forms made from a job kind's declared parameters (emgui.core.paramspec).
+"""Forms made from a job kind's declared parameters (emgui.core.jobs.paramspec).
 
 `ParamForm` shows a kind's key parameters in front and the rest under "Advanced", each with the declared
 default, range, unit and help (as the tooltip); `values()` gives what differs from the defaults, so a job row
@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.errors import EmguiError
-from emgui.core.paramspec import ParamSpec
+from emgui.core.jobs.paramspec import ParamSpec
 from emgui.ui.widgets import hint, show_error
 
 INT_LIMIT = 2**31 - 1
@@ -239,15 +239,15 @@ def ref_items(project: Any, ref: str | None) -> list[tuple[str, Any]] | None:
             (d["name"], d["name"]) for d in project.list_datasets("questions")
         ]
     if ref == "sae":
-        from emgui.core.saes import list_saes
+        from emgui.core.features.saes import list_saes
 
         return [(s["name"], s["name"]) for s in list_saes(project)]
     if ref == "direction":
-        from emgui.core.steering import list_directions
+        from emgui.core.steering.steer import list_directions
 
         return [(d["name"], d["name"]) for d in list_directions(project)]
     if ref == "persona":
-        from emgui.core.persona import persona_names
+        from emgui.core.steering.persona import persona_names
 
         return [(n, n) for n in persona_names(project)]
     return None
@@ -268,7 +268,7 @@ class ParamForm(QWidget):
         values: dict | None = None,
         parent: QWidget | None = None,
     ):
-        from emgui.core.kinds import get_kind
+        from emgui.core.jobs.kinds import get_kind
 
         super().__init__(parent)
         self.kind = get_kind(kind)
@@ -423,7 +423,7 @@ class JobDialog(QDialog):
 def apply_spec(widget: QWidget, kind: str, name: str, *, set_default: bool = True) -> ParamSpec:
     """Give an existing page widget a parameter's declared range, default and help (its tooltip), so the
     pages' own forms never repeat them. Bounds the declaration leaves open keep the widget's own."""
-    from emgui.core.kinds import get_kind
+    from emgui.core.jobs.kinds import get_kind
 
     spec = get_kind(kind).param(name)
     widget.setToolTip(tooltip(spec))

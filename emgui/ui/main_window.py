@@ -23,11 +23,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import recent
 from emgui.core.errors import EmguiError
-from emgui.core.jobs import jobs_running_elsewhere
-from emgui.core.paths import resource
-from emgui.core.store import Project
+from emgui.core.jobs.runner import jobs_running_elsewhere
+from emgui.core.project import recent
+from emgui.core.project.paths import resource
+from emgui.core.project.store import Project
 from emgui.ui.bridge import JobBridge, run_async
 from emgui.ui.widgets import Page, make_labels_plain, plain_tip, show_error
 
@@ -281,7 +281,7 @@ class MainWindow(QMainWindow):
 
     def probe_device(self) -> None:
         """Import torch and read the device off the UI thread: the window is already up."""
-        from emgui.core.device import device_info
+        from emgui.core.lm.device import device_info
 
         def shown(info) -> None:
             self.device_label.setText(info.describe())

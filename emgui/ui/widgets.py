@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core.store import Project
+from emgui.core.project.store import Project
 from emgui.core.units import human_bytes, human_count, human_duration  # noqa: F401  (the pages import them from here)
 
 

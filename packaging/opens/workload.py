@@ -52,7 +52,7 @@ def main(workdir: Path) -> None:
     )
     sys.path.insert(0, str(REPO))  # tests.tiny: the tiny model
     from emgui.cli import run_inline
-    from emgui.core.store import Project
+    from emgui.core.project.store import Project
     from tests.tiny import make_tiny_chat_model
 
     project = Project.create(workdir / "project")
@@ -67,7 +67,7 @@ def main(workdir: Path) -> None:
         print(f"recorded: {kind}", flush=True)
 
     # The tiny model writes no code, so give Bandit (a child process) some to scan.
-    from emgui.core.judges import bandit_check
+    from emgui.core.evaluation.judges import bandit_check
 
     (flagged,) = bandit_check(["import subprocess\nsubprocess.call(user_input, shell=True)\n"])
     if flagged.value != 100:

@@ -29,8 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import chatdata
-from emgui.core import search as fulltext
+from emgui.core.data import chats as chatdata
+from emgui.core.project import search as fulltext
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
 
@@ -445,7 +445,7 @@ class DatasetsPage(Page):
         if dataset is None or model_id is None:
             show_error(self, "Token lengths", "Select a dataset and a model whose tokenizer to use.")
             return
-        from emgui.core.datasets import token_lengths
+        from emgui.core.data.datasets import token_lengths
 
         model = self.project.get_model(model_id)
         self.length_button.setEnabled(False)

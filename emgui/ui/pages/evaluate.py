@@ -42,8 +42,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import runs
 from emgui.core.errors import EmguiError
+from emgui.core.evaluation import runs
 from emgui.ui.plots import PALETTE, set_empty
 from emgui.ui.widgets import (
     UNVALIDATED,
@@ -173,7 +173,7 @@ class PromptsDialog(QDialog):
         layout.addWidget(buttons)
 
     def restore(self) -> None:
-        from emgui.core.judges import DEFAULT_LOCAL_PREFIX, default_judge_prompts
+        from emgui.core.evaluation.judges import DEFAULT_LOCAL_PREFIX, default_judge_prompts
 
         self.prefix.setText(DEFAULT_LOCAL_PREFIX)
         for metric, text in default_judge_prompts().items():
@@ -514,7 +514,7 @@ class EvaluatePage(Page):
     def refresh(self) -> None:
         if self.project is None:
             return
-        from emgui.core.measures import LIKELIHOOD, latest_measures
+        from emgui.core.evaluation.measures import LIKELIHOOD, latest_measures
 
         self._fill_controls()
         self.runs = runs.list_runs(self.project)
@@ -584,7 +584,7 @@ class EvaluatePage(Page):
 
     def _show_judge_status(self) -> None:
         """The chosen judge's latest check, in one line, with the button to run one."""
-        from emgui.core.validity import check_for_spec, status_line
+        from emgui.core.evaluation.validity import check_for_spec, status_line
 
         spec = self.judge_combo.currentData() or {}
         judge_id, check = check_for_spec(self.project, spec) if self.project is not None else (None, None)
@@ -597,7 +597,7 @@ class EvaluatePage(Page):
         self.check_button.setText("Check again" if check is not None else "Check judge")
 
     def _fill_checks(self) -> None:
-        from emgui.core.validity import list_checks
+        from emgui.core.evaluation.validity import list_checks
 
         checks = list_checks(self.project)
         table = self.checks_table
@@ -850,7 +850,7 @@ class EvaluatePage(Page):
         return True
 
     def _fill_answers(self) -> None:
-        from emgui.core.search import search_answers
+        from emgui.core.project.search import search_answers
 
         text = self.filter_edit.text().strip().lower()
         mode = self.filter_combo.currentText()
@@ -1002,7 +1002,7 @@ class EvaluatePage(Page):
 
     def _latent_levels(self, latents: list[dict]) -> None:
         """Dotted lines at the tracked latents' levels under the diff's base, fine-tuned and control models."""
-        from emgui.core.measures import LATENTS, latest_measures
+        from emgui.core.evaluation.measures import LATENTS, latest_measures
 
         row = latest_measures(self.project, latents[0]["model_id"]).get(LATENTS)
         if row is None:
@@ -1135,7 +1135,7 @@ class EvaluatePage(Page):
             return
         key = dialog.key.text().strip()
         if key:
-            from emgui.core.judges import store_api_key
+            from emgui.core.evaluation.judges import store_api_key
 
             if not store_api_key(spec["base_url"].rstrip("/"), key):
                 show_error(
@@ -1147,7 +1147,11 @@ class EvaluatePage(Page):
     def edit_prompts(self) -> None:
         if self.project is None:
             return
-        from emgui.core.judges import project_judge_prefix, project_judge_prompts, set_project_judge_prompts
+        from emgui.core.evaluation.judges import (
+            project_judge_prefix,
+            project_judge_prompts,
+            set_project_judge_prompts,
+        )
 
         dialog = PromptsDialog(self, project_judge_prompts(self.project), project_judge_prefix(self.project))
         if dialog.exec() != QDialog.DialogCode.Accepted:

@@ -42,9 +42,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import dashboards as D
-from emgui.core import latents as L
 from emgui.core.errors import EmguiError
+from emgui.core.features import dashboards as D
+from emgui.core.features import latents as L
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import (
     Page,
@@ -483,7 +483,7 @@ class PretrainedDialog(_FormDialog):
         self._load_releases()
 
     def _load_releases(self) -> None:
-        from emgui.core.saes import list_releases, model_names
+        from emgui.core.features.saes import list_releases, model_names
 
         model_id = self.model.currentData()
         names = model_names(self.project, self.project.get_model(model_id)) if model_id else None
@@ -499,7 +499,7 @@ class PretrainedDialog(_FormDialog):
         run_async(list_releases, names, on_done=done, on_error=self.status.setText)
 
     def _load_ids(self) -> None:
-        from emgui.core.saes import release_saes
+        from emgui.core.features.saes import release_saes
 
         release = self.release.currentData()
         self.sae_id.clear()
@@ -895,7 +895,7 @@ class FeaturesPage(Page):
 
     def _label_hits(self) -> set[int]:
         """Latents whose label or note holds every word of the search (the full-text index)."""
-        from emgui.core.search import search_latents
+        from emgui.core.project.search import search_latents
 
         text = self.search.text().strip()
         if self.sae is None or not text or text.lstrip("#").isdigit():

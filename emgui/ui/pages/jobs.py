@@ -263,8 +263,8 @@ class JobsPage(Page):
 
     def _fill_params(self, job: dict) -> None:
         """Every parameter the job ran with; the ones left at their declared default are marked."""
-        from emgui.core.kinds import kinds
-        from emgui.core.paramspec import defaults_used
+        from emgui.core.jobs.kinds import kinds
+        from emgui.core.jobs.paramspec import defaults_used
 
         kind = kinds().get(job["kind"])
         specs = {s.name: s for s in (kind.params or ())} if kind else {}
@@ -359,7 +359,7 @@ class JobsPage(Page):
 
 def kind_title(name: str) -> str:
     """What the window calls a job kind ("Fine-tune" for finetune); its name where it has no title."""
-    from emgui.core.kinds import kinds
+    from emgui.core.jobs.kinds import kinds
 
     kind = kinds().get(name)
     return kind.title if kind is not None and kind.title else name

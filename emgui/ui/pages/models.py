@@ -203,7 +203,7 @@ class ModelsPage(Page):
         if self.project is None or self.bridge is None:
             show_error(self, "No project", "Open or create a project first.")
             return
-        from emgui.core.models import job_for_source
+        from emgui.core.models.manager import job_for_source
 
         try:
             kind, params = job_for_source(source)
@@ -245,7 +245,7 @@ class ModelsPage(Page):
     def save_token(self, token: str | None) -> str:
         """Keep the token in the system keyring; where no keyring backend works, say so and offer to keep
         it in memory while the app runs. Returns where it went: keyring, memory, forgotten or nowhere."""
-        from emgui.core import hub
+        from emgui.core.models import hub
 
         if hub.store_token(token):
             hub.keep_token_in_memory(None)
@@ -298,7 +298,7 @@ class ModelsPage(Page):
         if project is None:
             self.disk_label.setText("Open a project to manage its models.")
             return
-        from emgui.core.models import disk_use
+        from emgui.core.models.manager import disk_use
 
         models = project.list_models()
         self.table.setRowCount(len(models))

@@ -16,10 +16,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from emgui.core import recent
 from emgui.core.errors import EmguiError
-from emgui.core.paths import user_data_dir
-from emgui.core.store import Project
+from emgui.core.project import recent
+from emgui.core.project.paths import user_data_dir
+from emgui.core.project.store import Project
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import Page, heading, hint, notice_label, set_notice, show_error
 
@@ -136,8 +136,8 @@ class StartPage(Page):
             show_error(self, "Cannot open the demo project", str(exc))
             return
         self.window_.set_project(project)
-        from emgui.core.datasets import demo_dataset_jobs
-        from emgui.core.models import EMBEDDED_NAME, embedded_default_job
+        from emgui.core.data.datasets import demo_dataset_jobs
+        from emgui.core.models.manager import EMBEDDED_NAME, embedded_default_job
 
         for kind, params in demo_dataset_jobs(project):
             self.bridge.submit(kind, params)

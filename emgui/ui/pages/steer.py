@@ -58,9 +58,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core import persona as personas
-from emgui.core import steering as st
 from emgui.core.errors import EmguiError
+from emgui.core.steering import persona as personas
+from emgui.core.steering import steer as st
 from emgui.ui.bridge import run_async
 from emgui.ui.plots import PALETTE, MetricGrid, set_empty
 from emgui.ui.widgets import (
@@ -744,7 +744,7 @@ class LiveTab(QWidget):
         project = self.project
 
         def load() -> dict:
-            from emgui.core.loading import load_model, load_tokenizer
+            from emgui.core.models.loading import load_model, load_tokenizer
 
             return {
                 "model_id": model_row["id"],
@@ -965,7 +965,7 @@ class SweepsTab(QWidget):
         self._fill_table()
 
     def _fill_table(self) -> None:
-        from emgui.core.sweep import list_sweeps
+        from emgui.core.steering.sweep import list_sweeps
 
         selected = self.selected_job()
         self.table.blockSignals(True)
@@ -1021,7 +1021,7 @@ class SweepsTab(QWidget):
     def draw(self, result: dict) -> int:
         """Draw a sweep's curves; returns the number of curves drawn (real and pooled controls). Without a
         validated judge the curves are grey and marked so."""
-        from emgui.core.sweep import sweep_caveats
+        from emgui.core.steering.sweep import sweep_caveats
 
         drawn = 0
         for plot in (self.misaligned_plot, self.coherence_plot):
@@ -1084,7 +1084,7 @@ class SweepsTab(QWidget):
 
     def check_judge(self) -> int | None:
         """Validate the judge that scored the shown sweep (one click: the same judge, the built-in panel)."""
-        from emgui.core.validity import judge_params_from_id
+        from emgui.core.evaluation.validity import judge_params_from_id
 
         if self.page.bridge is None or not getattr(self, "shown_judge", None):
             return None
@@ -1145,7 +1145,7 @@ class SweepsTab(QWidget):
         return job_id
 
     def submit_seed(self) -> list[int]:
-        from emgui.core.sweep import seed_experiments
+        from emgui.core.steering.sweep import seed_experiments
 
         if self.page.bridge is None:
             return []
@@ -1558,7 +1558,7 @@ class DirectionsTab(QWidget):
         project = self.project
 
         def write() -> int:
-            from emgui.core.datasets import resolve_dataset
+            from emgui.core.data.datasets import resolve_dataset
 
             ranking = personas.read_ranking(project, job_id)
             path, source = resolve_dataset(project, job["params"]["dataset"], "persona-screen")

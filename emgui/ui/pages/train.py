@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core.memory import model_shape, training_bytes
+from emgui.core.models.memory import model_shape, training_bytes
 from emgui.core.units import human_bytes
 from emgui.ui.forms import ParamForm, submit_and_follow
 from emgui.ui.widgets import (

@@ -1,0 +1,1 @@
+"""Features: sparse autoencoders, model diffing, dashboards and the latent list."""

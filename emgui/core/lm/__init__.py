@@ -1,0 +1,1 @@
+"""Running a language model: devices, activations through hooks, batched generation."""

@@ -1,0 +1,1 @@
+"""Steering: directions and hooks, persona vectors, steering sweeps."""

@@ -1,0 +1,1 @@
+"""Fine-tuning and re-alignment."""
