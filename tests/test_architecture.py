@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,60 @@ def test_window_start_imports_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _core_module_graph() -> dict[str, set[str]]:
+    """Which emgui.core modules each core module imports (at the top or inside functions)."""
+    core = REPO / "emgui" / "core"
+    modules = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts): path
+        for path in core.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("emgui.core"):
+                targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_core_has_no_import_circles() -> None:
+    """Each domain stands on the ones below it: a circle (a imports b imports a, also through functions'
+    own imports) is how one big room grows back."""
+    graph = _core_module_graph()
+    assert len(graph) > 30
+    state: dict[str, int] = {}
+    circles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert not circles, circles
+
+
+def test_pages_use_core_functions_not_sql() -> None:
+    """The window reads and writes the project only through core functions: SQL stays with the tables'
+    owners."""
+    sql = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM)\b|\.(query|query_one|execute)\(")
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path in (REPO / "emgui" / "ui").rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if sql.search(line)
+    ]
+    assert not offenders, offenders

@@ -197,6 +197,14 @@ def summarize(
 
 
 
+def sample_jobs(project: Any) -> list[dict]:
+    """Every job that stored answers, newest first: job_id, n (answers) and model_id."""
+    return project.query(
+        "SELECT job_id, COUNT(*) AS n, MIN(model_id) AS model_id FROM samples WHERE job_id IS NOT NULL "
+        "GROUP BY job_id ORDER BY job_id DESC"
+    )
+
+
 def list_runs(project: Any, kinds: tuple[str, ...] = ("sample", "evaluate", "vuln-check")) -> list[dict]:
     """Evaluation runs (jobs of `kinds` with answers): id, kind, model, question set, number of answers, judges.
     Persona-vector and sweep answers are left out: they mix conditions and have views of their own."""

@@ -140,6 +140,13 @@ def set_label(
         )
 
 
+def get_label(project: Project, sae_id: int, latent: int) -> dict | None:
+    """One latent's label and note, or None when it has neither."""
+    return project.query_one(
+        "SELECT label, note FROM latent_labels WHERE sae_id = ? AND latent = ?", [sae_id, int(latent)]
+    )
+
+
 def get_labels(project: Project, sae_id: int) -> dict[int, dict]:
     rows = project.query("SELECT latent, label, note FROM latent_labels WHERE sae_id = ?", [sae_id])
     return {r["latent"]: {"label": r["label"], "note": r["note"]} for r in rows}

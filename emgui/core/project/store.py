@@ -529,6 +529,14 @@ class Project:
             raise EmguiError(f"no job {job_id} in project {self.root}")
         return job
 
+    def active_jobs(self, kinds: Iterable[str]) -> list[dict]:
+        """Queued or running jobs of these kinds."""
+        kinds = list(kinds)
+        marks = ", ".join("?" for _ in kinds) or "NULL"
+        return self.query(
+            f"SELECT * FROM jobs WHERE status IN ('queued', 'running') AND kind IN ({marks}) ORDER BY id", kinds
+        )
+
     def list_jobs(self, kind: str | None = None) -> list[dict]:
         if kind:
             return self.query("SELECT * FROM jobs WHERE kind = ? ORDER BY id", [kind])

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.data import chats as chatdata
+from emgui.core.errors import EmguiError
 from emgui.core.project import search as fulltext
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
@@ -246,6 +247,14 @@ class DatasetsPage(Page):
             self.status.setText(f"job #{job_id} {job['kind']}: {status}")
             self.refresh()
 
+    def _job_of(self, dataset: dict) -> dict | None:
+        if not dataset["job_id"]:
+            return None
+        try:
+            return self.project.get_job(dataset["job_id"])
+        except EmguiError:  # the job row was deleted: the dataset stays
+            return None
+
     def refresh(self) -> None:
         self.table.setSortingEnabled(False)
         self.table.setRowCount(0)
@@ -257,11 +266,7 @@ class DatasetsPage(Page):
         datasets = self.project.list_datasets()
         self.table.setRowCount(len(datasets))
         for r, d in enumerate(datasets):
-            job = (
-                self.project.query_one("SELECT kind FROM jobs WHERE id = ?", [d["job_id"]])
-                if d["job_id"]
-                else None
-            )
+            job = self._job_of(d)
             made = f"{job['kind']} #{d['job_id']}" if job else "by hand"
             cells = [
                 SortableItem(d["name"]),

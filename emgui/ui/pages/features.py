@@ -43,8 +43,10 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.errors import EmguiError
+from emgui.core.evaluation.runs import sample_jobs
 from emgui.core.features import dashboards as D
 from emgui.core.features import latents as L
+from emgui.core.features.saes import get_sae, list_saes
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import (
     Page,
@@ -306,13 +308,6 @@ def _model_combo(project: Any, allow_auto: str | None = None) -> QComboBox:
     return combo
 
 
-def _sample_jobs(project: Any) -> list[dict]:
-    return project.query(
-        "SELECT job_id, COUNT(*) AS n, MIN(model_id) AS model_id FROM samples WHERE job_id IS NOT NULL "
-        "GROUP BY job_id ORDER BY job_id DESC"
-    )
-
-
 class _FormDialog(QDialog):
     def __init__(self, parent: QWidget, title: str) -> None:
         super().__init__(parent)
@@ -350,7 +345,7 @@ class TrainDialog(_FormDialog):
         for d in project.list_datasets():
             if d["kind"] != "questions":
                 self._add_choice(f"{d['name']} ({d['kind']}, {d.get('n_rows') or '?'} rows)", d["name"])
-        for s in _sample_jobs(project):
+        for s in sample_jobs(project):
             self._add_choice(f"answers of sampling job #{s['job_id']} ({s['n']})", int(s["job_id"]))
         self.corpus.setMaximumHeight(120)
         self.files = QLineEdit()
@@ -425,7 +420,7 @@ class DiffDialog(_FormDialog):
             "latents are ranked by what the fine-tune changed beyond what the control changed"
         )
         self.source = QComboBox()
-        for s in _sample_jobs(project):
+        for s in sample_jobs(project):
             self.source.addItem(
                 f"answers of sampling job #{s['job_id']} ({s['n']})", ("prompts", int(s["job_id"]))
             )
@@ -750,7 +745,7 @@ class FeaturesPage(Page):
         if keep is None:  # first look: the SAE of the latest diff, where there is something to browse
             latest = L.diff_jobs(self.project)
             keep = latest[0]["result"]["sae_id"] if latest else None
-        saes = self.project.query("SELECT * FROM saes ORDER BY id")
+        saes = list_saes(self.project)
         self.sae_combo.blockSignals(True)
         self.sae_combo.clear()
         for s in saes:
@@ -831,7 +826,7 @@ class FeaturesPage(Page):
     # ----- SAE and diff selection ----------------------------------------------------------------------
     def _sae_changed(self) -> None:
         sae_id = self.sae_combo.currentData()
-        self.sae = self.project.query_one("SELECT * FROM saes WHERE id = ?", [sae_id]) if sae_id else None
+        self.sae = get_sae(self.project, int(sae_id)) if sae_id else None
         self.diff_combo.blockSignals(True)
         self.diff_combo.clear()
         if self.sae is not None:
@@ -930,9 +925,7 @@ class FeaturesPage(Page):
         start = time.perf_counter()
         self.latent = latent
         data = L.get_dashboard(self.project, self.sae["id"], latent)
-        labels = self.project.query_one(
-            "SELECT label, note FROM latent_labels WHERE sae_id = ? AND latent = ?", [self.sae["id"], latent]
-        )
+        labels = L.get_label(self.project, self.sae["id"], latent)
         self._set_panel_enabled(True)
         self.label_edit.setText(labels["label"] if labels else "")
         self.note_edit.setPlainText(labels["note"] if labels else "")

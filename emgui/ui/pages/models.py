@@ -327,9 +327,7 @@ class ModelsPage(Page):
             f"{len(models)} model{'s' if len(models) != 1 else ''} · {human_bytes(use['total'])} on disk "
             f"({human_bytes(use['owned'])} inside the project, {human_bytes(use['external'])} shared, e.g. the HF cache)"
         )
-        for job in project.query(
-            "SELECT * FROM jobs WHERE status IN ('queued','running') AND kind IN (?, ?)", MODEL_JOB_KINDS
-        ):
+        for job in project.active_jobs(MODEL_JOB_KINDS):
             if job["id"] not in self.transfers and self.bridge and job["id"] in self.bridge.active_jobs():
                 self._on_job_status(job["id"], job["status"])
 

@@ -141,7 +141,7 @@ class StartPage(Page):
 
         for kind, params in demo_dataset_jobs(project):
             self.bridge.submit(kind, params)
-        if project.query_one("SELECT id FROM models WHERE name = ?", [EMBEDDED_NAME]):
+        if any(m["name"] == EMBEDDED_NAME for m in project.list_models()):
             self.window_.show_page("models")
             return
 

@@ -59,6 +59,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.errors import EmguiError
+from emgui.core.features.saes import list_saes
 from emgui.core.steering import persona as personas
 from emgui.core.steering import steer as st
 from emgui.ui.bridge import run_async
@@ -552,8 +553,8 @@ class LiveTab(QWidget):
         """Add an SAE latent (the feature browser calls this, then shows the page)."""
         name = f"SAE {sae_id}"
         if self.project is not None:
-            found = self.project.query_one("SELECT name FROM saes WHERE id = ?", [sae_id])
-            name = found["name"] if found else name
+            found = [s for s in list_saes(self.project) if s["id"] == sae_id]
+            name = found[0]["name"] if found else name
         item = st.Intervention(
             "latent",
             sae_id=int(sae_id),
@@ -566,7 +567,7 @@ class LiveTab(QWidget):
     def add_latent_dialog(self) -> None:
         if self.project is None:
             return
-        saes = self.project.query("SELECT * FROM saes ORDER BY id")
+        saes = list_saes(self.project)
         if not saes:
             show_error(
                 self, "No SAE", "This project has no SAE yet: train or import one on the Features page."
