@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from emgui.core.errors import EmguiError
@@ -414,23 +415,41 @@ def _free(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def diff_job(params: dict, ctx: Any) -> dict:
-    """`diff`: rank SAE latents by their change from the base to the fine-tuned model over answer tokens,
-    store directions, and (dashboards=N) precompute dashboards for the top N latents."""
-    from emgui.core.features.saes import check_fits_config, check_fits_model, get_sae, load_sae
-    from emgui.core.models.loading import load_model, load_tokenizer
+@dataclass
+class _Setup:
+    """What a diff reads before any weights load: the SAE, the models, and the encoded examples."""
 
-    s = _read(params)
+    sae_row: dict
+    base_row: dict
+    ft_row: dict
+    control_row: dict | None
+    items: list[dict]
+    tokenizer: Any
+    encoded: list[dict]
+    groups: dict[int, str]  # sample id -> "misaligned" | "aligned", from judged answers
+    n_answer: int
+
+    @property
+    def hook(self) -> str:
+        return self.sae_row["hook_name"]
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+
+def _setup(ctx: Any, s: dict) -> _Setup:
+    from emgui.core.features.saes import check_fits_config, get_sae
+    from emgui.core.models.loading import load_tokenizer
+
     project: Project = ctx.project
     sae_row = get_sae(project, s["sae"])
     base_row, ft_row = _models(project, s, sae_row)
     control_row = _control_model(project, s, base_row, ft_row)
     for row in (base_row, ft_row, *([control_row] if control_row else [])):
         check_fits_config(project, sae_row, row)  # before any weights load
-    hook = sae_row["hook_name"]
     items = examples(project, s)
     tokenizer = load_tokenizer(project, ft_row)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = encode_examples(tokenizer, items, s["max_length"])
     if not encoded:
         raise EmguiError("diff: no example has answer tokens within max_length")
@@ -440,152 +459,150 @@ def diff_job(params: dict, ctx: Any) -> dict:
         )
     groups = _judged_groups(project, [e["sample_id"] for e in encoded if e.get("sample_id") is not None])
     n_answer = sum(sum(e["answer_mask"]) for e in encoded)
-    ctx.log(f"{len(encoded)} examples, {n_answer:,} answer tokens; hook {hook}")
+    ctx.log(f"{len(encoded)} examples, {n_answer:,} answer tokens; hook {sae_row['hook_name']}")
+    return _Setup(sae_row, base_row, ft_row, control_row, items, tokenizer, encoded, groups, n_answer)
 
-    ctx.progress(0.01, f"loading SAE '{sae_row['name']}'")
-    sae = load_sae(project, sae_row, device=s["device"])
+
+def _run_models(ctx: Any, s: dict, su: _Setup, sae: Any) -> tuple[dict, dict, Any]:
+    """Each model (base, fine-tune, control) over the examples, one at a time: the accumulators by role,
+    the forward timing, and the fine-tuned model when dashboards will need it (else None)."""
+    from emgui.core.features.saes import check_fits_model
+    from emgui.core.models.loading import load_model
+
+    project: Project = ctx.project
     results, timing = {}, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0}
-    share = 0.45 if s["dashboards"] else 0.9
+    roles = [("base", su.base_row), ("ft", su.ft_row)] + ([("control", su.control_row)] if su.control_row else [])
+    share = (0.45 if s["dashboards"] else 0.9) * 2 / len(roles)
     ft_model = None
-    roles = [("base", base_row), ("ft", ft_row)] + ([("control", control_row)] if control_row else [])
-    share = share * 2 / len(roles)
     for n, (role, row) in enumerate(roles):
         ctx.progress(share * n, f"loading {role} model '{row['name']}'")
         model = load_model(project, row, device=s["device"], dtype=s["dtype"])
-        check_fits_model(model, sae_row, f"model '{row['name']}'")
+        check_fits_model(model, su.sae_row, f"model '{row['name']}'")
         acc, t = run_model(
             ctx,
             model,
             sae,
-            hook,
-            encoded,
-            pad_id=pad_id,
+            su.hook,
+            su.encoded,
+            pad_id=su.pad_id,
             batch_tokens=s["batch_tokens"],
-            groups=groups if role == "ft" else None,
+            groups=su.groups if role == "ft" else None,
             progress=(share * n, share * (n + 1)),
             label=role,
         )
         results[role] = acc
-        timing["tokens"] += t["tokens"]
-        timing["seconds"] += t["seconds"]
-        timing["cpu_seconds"] += t["cpu_seconds"]
-        if role == "ft" and control_row is None:
+        for key in timing:
+            timing[key] += t[key]
+        if role == "ft" and su.control_row is None:
             ft_model = model  # kept for the dashboards
         else:
             _free(model)
-    if control_row is not None and s["dashboards"]:
-        ft_model = load_model(project, ft_row, device=s["device"], dtype=s["dtype"])
+    if su.control_row is not None and s["dashboards"]:
+        ft_model = load_model(project, su.ft_row, device=s["device"], dtype=s["dtype"])
+    return results, timing, ft_model
 
-    ranking = store_ranking(
-        project,
-        ctx.job_id,
-        sae_row["id"],
-        results["base"],
-        results["ft"],
-        results.get("control"),
-        n_boot=s["n_boot"],
-    )
-    agreement = control_agreement(results["base"], results["ft"], results["control"]) if control_row else None
-    warnings = diff_warnings(control_row is not None, agreement)
-    for warning in warnings:
-        ctx.log(f"warning: {warning}")
-    with project.transaction() as conn:  # a rerun of this job replaces its directions
-        conn.execute("DELETE FROM directions WHERE job_id = ?", [ctx.job_id])
+
+def _store_directions(ctx: Any, s: dict, su: _Setup, results: dict) -> list[int]:
+    """The mean-difference directions: fine-tune minus base, minus the control when there is one, and
+    misaligned minus aligned answers when judged answers of both kinds were diffed."""
+    from emgui.core.steering.steer import delete_job_directions
+
+    delete_job_directions(ctx.project, ctx.job_id)  # a rerun of this job replaces its directions
     base_acc, ft_acc = results["base"], results["ft"]
+    ft_row, hook = su.ft_row, su.hook
     info = {
-        "base_model_id": base_row["id"],
+        "base_model_id": su.base_row["id"],
         "ft_model_id": ft_row["id"],
-        "control_model_id": control_row["id"] if control_row else None,
-        "sae_id": sae_row["id"],
+        "control_model_id": su.control_row["id"] if su.control_row else None,
+        "sae_id": su.sae_row["id"],
         "n_tokens": ft_acc.n,
         "source": {"prompts": s["prompts"]} if s["prompts"] is not None else {"dataset": s["dataset"]},
     }
-    directions = [
-        _save_direction(
-            ctx,
-            ft_acc.h_sum / ft_acc.n - base_acc.h_sum / base_acc.n,
-            name=f"diff-means {ft_row['name']} - {base_row['name']} @ {hook} #{ctx.job_id}",
-            kind="diff-means",
-            model_id=ft_row["id"],
-            hook=hook,
-            info=info,
-        )
-    ]
-    if control_row is not None:
+    wanted = [(ft_acc.h_sum / ft_acc.n - base_acc.h_sum / base_acc.n,
+               f"diff-means {ft_row['name']} - {su.base_row['name']} @ {hook} #{ctx.job_id}", "diff-means", info)]
+    if su.control_row is not None:
         control_acc = results["control"]
-        directions.append(
-            _save_direction(
-                ctx,
-                ft_acc.h_sum / ft_acc.n - control_acc.h_sum / control_acc.n,
-                name=f"diff-means {ft_row['name']} - {control_row['name']} @ {hook} #{ctx.job_id}",
-                kind="diff-means-controlled",
-                model_id=ft_row["id"],
-                hook=hook,
-                info=info,
-            )
-        )
+        wanted.append((ft_acc.h_sum / ft_acc.n - control_acc.h_sum / control_acc.n,
+                       f"diff-means {ft_row['name']} - {su.control_row['name']} @ {hook} #{ctx.job_id}",
+                       "diff-means-controlled", info))  # fmt: skip
     if {"misaligned", "aligned"} <= set(ft_acc.group_n):
         mis = ft_acc.group_sum["misaligned"] / ft_acc.group_n["misaligned"]
         ali = ft_acc.group_sum["aligned"] / ft_acc.group_n["aligned"]
-        n_groups = {g: sum(1 for v in groups.values() if v == g) for g in ("misaligned", "aligned")}
-        directions.append(
-            _save_direction(
-                ctx,
-                mis - ali,
-                name=f"misaligned-aligned {ft_row['name']} @ {hook} #{ctx.job_id}",
-                kind="misaligned-minus-aligned",
-                model_id=ft_row["id"],
-                hook=hook,
-                info={**info, "answers": n_groups, "tokens": dict(ft_acc.group_n)},
-            )
-        )
-    elif groups:
-        ctx.log(
-            "judged answers found, but not both misaligned and aligned ones: no misaligned-aligned direction"
-        )
+        n_groups = {g: sum(1 for v in su.groups.values() if v == g) for g in ("misaligned", "aligned")}
+        wanted.append((mis - ali, f"misaligned-aligned {ft_row['name']} @ {hook} #{ctx.job_id}",
+                       "misaligned-minus-aligned", {**info, "answers": n_groups, "tokens": dict(ft_acc.group_n)}))  # fmt: skip
+    elif su.groups:
+        ctx.log("judged answers found, but not both misaligned and aligned ones: no misaligned-aligned direction")
+    return [
+        _save_direction(ctx, vec, name=name, kind=kind, model_id=ft_row["id"], hook=hook, info=meta)
+        for vec, name, kind, meta in wanted
+    ]
 
-    n_dash = 0
-    if s["dashboards"] and ft_model is not None:
-        from emgui.core.features.dashboards import build_dashboards, default_corpus
 
-        latents = [r["latent"] for r in ranking[: s["dashboards"]]]
-        # The dashboard corpus follows the user's budget: at most max_examples chats per dataset.
-        corpus = default_corpus(
-            project,
-            samples=[s["prompts"]] if s["prompts"] is not None else [],
-            per_dataset=min(300, s["max_examples"]),
-        )
-        if s["dataset"] is not None:
-            corpus = items + corpus
-        n_dash = build_dashboards(
-            ctx,
-            sae_row=sae_row,
-            sae=sae,
-            model=ft_model,
-            tokenizer=tokenizer,
-            latents=latents,
-            items=corpus,
-            diff_job=ctx.job_id,
-            model_name=ft_row["name"],
-            progress=(0.9, 1.0),
-        )
-    tokens_per_s = timing["tokens"] / timing["seconds"] if timing["seconds"] else None
+def _dashboards(ctx: Any, s: dict, su: _Setup, sae: Any, ft_model: Any, ranking: list[dict]) -> int:
+    """Dashboards for the top latents, on a corpus that follows the user's budget (at most max_examples
+    chats per dataset) and starts with the diffed examples."""
+    from emgui.core.features.dashboards import build_dashboards, default_corpus
+
+    if not s["dashboards"] or ft_model is None:
+        return 0
+    corpus = default_corpus(
+        ctx.project,
+        samples=[s["prompts"]] if s["prompts"] is not None else [],
+        per_dataset=min(300, s["max_examples"]),
+    )
+    if s["dataset"] is not None:
+        corpus = su.items + corpus
+    return build_dashboards(
+        ctx,
+        sae_row=su.sae_row,
+        sae=sae,
+        model=ft_model,
+        tokenizer=su.tokenizer,
+        latents=[r["latent"] for r in ranking[: s["dashboards"]]],
+        items=corpus,
+        diff_job=ctx.job_id,
+        model_name=su.ft_row["name"],
+        progress=(0.9, 1.0),
+    )
+
+
+def diff_job(params: dict, ctx: Any) -> dict:
+    """`diff`: rank SAE latents by their change from the base to the fine-tuned model over answer tokens,
+    store directions, and (dashboards=N) precompute dashboards for the top N latents."""
+    from emgui.core.features.saes import load_sae
+
+    s = _read(params)
+    su = _setup(ctx, s)
+    ctx.progress(0.01, f"loading SAE '{su.sae_row['name']}'")
+    sae = load_sae(ctx.project, su.sae_row, device=s["device"])
+    results, timing, ft_model = _run_models(ctx, s, su, sae)
+    control = results.get("control")
+    ranking = store_ranking(
+        ctx.project, ctx.job_id, su.sae_row["id"], results["base"], results["ft"], control, n_boot=s["n_boot"]
+    )
+    agreement = control_agreement(results["base"], results["ft"], control) if control is not None else None
+    warnings = diff_warnings(control is not None, agreement)
+    for warning in warnings:
+        ctx.log(f"warning: {warning}")
+    directions = _store_directions(ctx, s, su, results)
+    n_dash = _dashboards(ctx, s, su, sae, ft_model, ranking)
     ctx.progress(1.0, "done")
     return {
-        "sae_id": sae_row["id"],
-        "base_model_id": base_row["id"],
-        "ft_model_id": ft_row["id"],
-        "control_model_id": control_row["id"] if control_row else None,
-        "controlled": control_row is not None,
+        "sae_id": su.sae_row["id"],
+        "base_model_id": su.base_row["id"],
+        "ft_model_id": su.ft_row["id"],
+        "control_model_id": su.control_row["id"] if su.control_row else None,
+        "controlled": control is not None,
         **(agreement or {"control_correlation": None, "control_direction_cosine": None}),
         "warnings": warnings,
-        "n_examples": len(encoded),
-        "n_answer_tokens": n_answer,
+        "n_examples": len(su.encoded),
+        "n_answer_tokens": su.n_answer,
         "tokens": timing["tokens"],
         "forward_seconds": timing["seconds"],
         "forward_cpu_seconds": timing["cpu_seconds"],  # CPU time of this process: robust to other load
-        "tokens_per_s": tokens_per_s,
-        "judged": {g: sum(1 for v in groups.values() if v == g) for g in ("misaligned", "aligned")},
+        "tokens_per_s": timing["tokens"] / timing["seconds"] if timing["seconds"] else None,
+        "judged": {g: sum(1 for v in su.groups.values() if v == g) for g in ("misaligned", "aligned")},
         "directions": directions,
         "dashboards": n_dash,
         "top": [

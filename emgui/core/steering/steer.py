@@ -506,6 +506,12 @@ def save_direction(
     )
 
 
+def delete_job_directions(project: Any, job_id: int) -> None:
+    """Drop the direction rows a job made (a rerun of the job makes them anew; their files are the job's)."""
+    with project.transaction() as conn:
+        conn.execute("DELETE FROM directions WHERE job_id = ?", [job_id])
+
+
 def get_direction_row(project: Any, ref: int | str) -> dict:
     """A direction by id or name; the error lists what exists."""
     row = None
