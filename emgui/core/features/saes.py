@@ -841,56 +841,87 @@ def _save_and_evaluate(
     return info
 
 
-def train_job(params: dict, ctx: Any) -> dict:
-    """`sae-train`: cache activations at a hook of a local model over a corpus, train an SAE on them with
-    sae-lens's classes, save it in sae-lens's format and register it with EV, L0 and CE loss recovered."""
-    import random
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from emgui.core.lm.activations import corpus_items, resolve_module
-    from emgui.core.models.loading import load_model, load_tokenizer
-
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    s = _train_settings(params)
-    project: Project = ctx.project
-    model_row = project.get_model(s["model"])
-    resume = ctx.resume_state or {}
+def _hook_and_name(project: Project, s: dict, model_row: dict, resume: dict) -> tuple[str, str]:
+    """The hook to train at (default: the middle layer) and the SAE's name (free, unless resuming)."""
     cfg = _model_config(project, model_row) or {}
     n_layers = cfg.get("num_hidden_layers")
     hook = s["hook"] or (f"model.layers.{n_layers // 2}" if n_layers else "model.layers.0")
     parse_hook(hook)
-    name = (
-        resume.get("name")
-        or s["name"]
-        or project.unique_name("saes", slug(f"{model_row['name']}-{hook.replace('model.', '')}-{s['architecture']}", "sae"))
-    )
+    default = slug(f"{model_row['name']}-{hook.replace('model.', '')}-{s['architecture']}", "sae")
+    name = resume.get("name") or s["name"] or project.unique_name("saes", default)
     if not resume.get("name"):
         _check_name_free(project, name)
-    tokenizer = load_tokenizer(project, model_row)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return hook, name
+
+
+def _corpus_sequences(project: Project, s: dict, tokenizer: Any) -> tuple[list, list]:
+    """The corpus cut into context-size sequences, shuffled by the seed: (held out for CE loss, to train on)."""
+    import random
+
+    from emgui.core.lm.activations import corpus_items
+
     items = corpus_items(project, datasets=s["datasets"], samples=s["samples"], text_files=s["text_files"])
     random.Random(s["seed"]).shuffle(items)
     seqs = _chunks(tokenizer, items, s["context_size"])
     if len(seqs) < 2:
         raise EmguiError("sae-train: the corpus is too small (fewer than 2 sequences of 2+ tokens)")
     n_ce = min(s["ce_sequences"], len(seqs) // 5)
-    ce_seqs, train_seqs = seqs[:n_ce], seqs[n_ce:]
+    return seqs[:n_ce], seqs[n_ce:]
 
-    model = None
+
+def _activations(ctx: Any, s: dict, model_row: dict, hook: str, name: str, seqs: list, pad_id: int) -> tuple:
+    """The cached activations (reused from the checkpoint when resuming) and the model if it was loaded."""
+    from safetensors.torch import load_file, save_file
+
+    from emgui.core.lm.activations import resolve_module
+    from emgui.core.models.loading import load_model
+
+    resume = ctx.resume_state or {}
     cache_path = ctx.checkpoint_dir / CACHE_FILE
     if resume.get("stage") in ("cached", "train") and cache_path.is_file():
         acts = load_file(str(cache_path))["acts"]
         ctx.log(f"reusing {acts.shape[0]:,} cached activations from {cache_path}")
-    else:
-        ctx.progress(0.01, f"loading model '{model_row['name']}'")
-        model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
-        resolve_module(model, hook)
-        device = str(next(model.parameters()).device)
-        acts = _cache_activations(ctx, model, hook, train_seqs, s["cache_tokens"], pad_id, device)
-        save_file({"acts": acts.contiguous()}, str(cache_path))
-        ctx.save_checkpoint({"stage": "cached", "name": name, "hook": hook})
+        return acts, None
+    ctx.progress(0.01, f"loading model '{model_row['name']}'")
+    model = load_model(ctx.project, model_row, device=s["device"], dtype=s["dtype"])
+    resolve_module(model, hook)
+    device = str(next(model.parameters()).device)
+    acts = _cache_activations(ctx, model, hook, seqs, s["cache_tokens"], pad_id, device)
+    save_file({"acts": acts.contiguous()}, str(cache_path))
+    ctx.save_checkpoint({"stage": "cached", "name": name, "hook": hook})
+    return acts, model
+
+
+def _warn_if_poor(ctx: Any, info: dict) -> None:
+    for key in ("explained_variance", "l0", "ce_loss_recovered", "dead_fraction"):
+        if key in info:
+            ctx.log(f"{key}: {info[key]:.4f}")
+    if info.get("explained_variance", 1.0) < 0.5 or info.get("dead_fraction", 0.0) > 0.5:
+        # Still saved (it is a real result), but a researcher should not read latents off it unawares.
+        ctx.log(
+            "WARNING: this SAE reconstructs poorly (explained variance below 0.5 or over half its latents dead): "
+            "train on more tokens (`tokens`), for longer, or with a smaller `k` / `expansion` before diffing with it"
+        )
+
+
+def train_job(params: dict, ctx: Any) -> dict:
+    """`sae-train`: cache activations at a hook of a local model over a corpus, train an SAE on them with
+    sae-lens's classes, save it in sae-lens's format and register it with EV, L0 and CE loss recovered."""
+    import torch
+
+    from emgui.core.lm.device import pick_device
+    from emgui.core.models.loading import load_tokenizer
+
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    s = _train_settings(params)
+    project: Project = ctx.project
+    model_row = project.get_model(s["model"])
+    resume = ctx.resume_state or {}
+    hook, name = _hook_and_name(project, s, model_row, resume)
+    tokenizer = load_tokenizer(project, model_row)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ce_seqs, train_seqs = _corpus_sequences(project, s, tokenizer)
+    acts, model = _activations(ctx, s, model_row, hook, name, train_seqs, pad_id)
     d_in = acts.shape[1]
     n_eval = int(acts.shape[0] * s["eval_fraction"])
     train_acts, eval_acts = acts[n_eval:], acts[:n_eval]
@@ -898,8 +929,6 @@ def train_job(params: dict, ctx: Any) -> dict:
     ctx.log(
         f"{acts.shape[0]:,} activations of width {d_in} at {hook}; {n_eval:,} held out; norm scale {scale:.4g}"
     )
-
-    from emgui.core.lm.device import pick_device
 
     sae_device = pick_device(s["device"])
     torch.manual_seed(s["seed"])
@@ -912,11 +941,8 @@ def train_job(params: dict, ctx: Any) -> dict:
     }
     sae = _make_training_sae(s, d_in, metadata).to(sae_device)
     state_path = ctx.checkpoint_dir / STATE_FILE
-    state = (
-        torch.load(state_path, weights_only=True)
-        if resume.get("stage") == "train" and state_path.is_file()
-        else None
-    )
+    resuming = resume.get("stage") == "train" and state_path.is_file()
+    state = torch.load(state_path, weights_only=True) if resuming else None
     if state is None:
         ctx.save_checkpoint({"stage": "cached", "name": name, "hook": hook, "scale": scale})
     steps = _train_loop(ctx, sae, train_acts, s, scale, state)
@@ -932,38 +958,20 @@ def train_job(params: dict, ctx: Any) -> dict:
     except BaseException:
         remove_path(tmp)
         raise
-    info.update(
-        {
-            "tokens_trained": steps * s["batch_size"],
-            "cached_tokens": int(acts.shape[0]),
-            "steps": steps,
-            "norm_scaling_factor": scale,
-            "corpus": {k: s[k] for k in ("datasets", "samples", "text_files")},
-            "settings": {
-                k: s[k] for k in ("architecture", "k", "l1_coefficient", "l0_coefficient", "lr", "batch_size")
-            },
-        }
-    )
+    info.update({
+        "tokens_trained": steps * s["batch_size"],
+        "cached_tokens": int(acts.shape[0]),
+        "steps": steps,
+        "norm_scaling_factor": scale,
+        "corpus": {k: s[k] for k in ("datasets", "samples", "text_files")},
+        "settings": {k: s[k] for k in ("architecture", "k", "l1_coefficient", "l0_coefficient", "lr", "batch_size")},
+    })  # fmt: skip
     sae_id = _place_and_register(
-        project,
-        tmp,
-        name=name,
-        source="trained",
-        model_id=model_row["id"],
-        job_id=ctx.job_id,
-        hook_name=hook,
+        project, tmp, name=name, source="trained", model_id=model_row["id"], job_id=ctx.job_id, hook_name=hook,
         info=info,
-    )
-    for key in ("explained_variance", "l0", "ce_loss_recovered", "dead_fraction"):
-        if key in info:
-            ctx.log(f"{key}: {info[key]:.4f}")
-    if info.get("explained_variance", 1.0) < 0.5 or info.get("dead_fraction", 0.0) > 0.5:
-        # Still saved (it is a real result), but a researcher should not read latents off it unawares.
-        ctx.log(
-            "WARNING: this SAE reconstructs poorly (explained variance below 0.5 or over half its latents dead): "
-            "train on more tokens (`tokens`), for longer, or with a smaller `k` / `expansion` before diffing with it"
-        )
-    cache_path.unlink(missing_ok=True)  # large; the SAE is saved
+    )  # fmt: skip
+    _warn_if_poor(ctx, info)
+    (ctx.checkpoint_dir / CACHE_FILE).unlink(missing_ok=True)  # large; the SAE is saved
     ctx.progress(1.0, "trained")
     return {"sae_id": sae_id, "name": name, **{k: info[k] for k in ("explained_variance", "l0") if k in info}}
 
