@@ -22,6 +22,7 @@ import json
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from emgui.core.errors import EmguiError
@@ -236,6 +237,78 @@ def neighbours(sae: Any, latents: list[int], n: int = 8) -> list[list[list]]:
     return out
 
 
+def _distinct_sequences(tokenizer: Any, items: list[dict], max_length: int) -> tuple[list[list[int]], list]:
+    """The corpus's token sequences (2+ tokens), each text once, with where each came from."""
+    from emgui.core.lm.activations import encode_item
+
+    seqs, sources = [], []
+    seen: set[tuple[int, ...]] = set()
+    for item in items:
+        ids = encode_item(tokenizer, item, max_length=max_length)["input_ids"]
+        if len(ids) >= 2 and tuple(ids) not in seen:  # the same text twice would be listed twice
+            seen.add(tuple(ids))
+            seqs.append(ids)
+            sources.append(item["source"])
+    if not seqs:
+        raise EmguiError("dashboards: the corpus is empty: add a chat dataset, sampled answers or a text file")
+    return seqs, sources
+
+
+def _diff_stats(project: Project, diff_job: int | None, latents: list[int]) -> dict[int, dict]:
+    """Each latent's means and frequencies under the base and the fine-tune, from the diff job."""
+    if diff_job is None:
+        return {}
+    marks = ",".join("?" for _ in latents)
+    keys = ("base_mean", "ft_mean", "base_freq", "ft_freq", "delta_mean", "delta_freq", "rank")
+    rows = project.query(
+        f"SELECT * FROM latent_stats WHERE job_id = ? AND latent IN ({marks})", [diff_job, *latents]
+    )
+    return {r["latent"]: {k: r[k] for k in keys} for r in rows}
+
+
+@dataclass
+class _Corpus:
+    """The corpus run through the model and SAE: per text its ids, source and latent values; `flat` (all
+    tokens but each text's first) and `seq_max` (each text's maximum) per latent."""
+
+    seqs: list[list[int]]
+    sources: list
+    values: list
+    flat: Any
+    seq_max: Any
+    text: Any
+
+
+def _activation_summary(corpus: _Corpus, k: int, layout: dict) -> dict:
+    """Density, histogram, top examples and examples per activation quantile of the k-th latent."""
+    import numpy as np
+
+    col = corpus.flat[:, k]
+    nonzero = col[col > 0]
+    seq_max = corpus.seq_max[:, k]
+    order = [int(i) for i in np.argsort(-seq_max, kind="stable") if seq_max[i] > 0]
+    top, rest = order[: layout["n_top"]], order[layout["n_top"] :]
+
+    def example(i: int) -> dict:
+        return _example(corpus.sources[i], corpus.seqs[i], corpus.values[i], k, corpus.text, layout["before"],
+                        layout["after"])  # fmt: skip
+
+    groups = _quantile_groups(rest, seq_max, layout["n_quantiles"], layout["per_quantile"])
+    return {
+        "n_texts": len(corpus.seqs),
+        "n_tokens": int(len(col)),
+        "density": float(len(nonzero) / max(1, len(col))),
+        "max": float(col.max()) if len(col) else 0.0,
+        "mean_nonzero": float(nonzero.mean()) if len(nonzero) else 0.0,
+        "histogram": _histogram(nonzero),
+        "top": [example(i) for i in top],
+        "quantiles": [
+            {"range": [round(lo, 4), round(hi, 4)], "examples": [example(i) for i in members]}
+            for lo, hi, members in groups
+        ],
+    }
+
+
 def build_dashboards(
     ctx: Any,
     *,
@@ -259,7 +332,6 @@ def build_dashboards(
     """Compute and store the dashboards of `latents` over the corpus `items`. Returns how many were stored."""
     import numpy as np
 
-    from emgui.core.lm.activations import encode_item
 
     project: Project = ctx.project
     latents = list(dict.fromkeys(int(i) for i in latents))
@@ -271,18 +343,7 @@ def build_dashboards(
     if not latents:
         return 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    seqs, sources = [], []
-    seen: set[tuple[int, ...]] = set()
-    for item in items:
-        ids = encode_item(tokenizer, item, max_length=max_length)["input_ids"]
-        if len(ids) >= 2 and tuple(ids) not in seen:  # the same text twice would be listed twice
-            seen.add(tuple(ids))
-            seqs.append(ids)
-            sources.append(item["source"])
-    if not seqs:
-        raise EmguiError(
-            "dashboards: the corpus is empty: add a chat dataset, sampled answers or a text file"
-        )
+    seqs, sources = _distinct_sequences(tokenizer, items, max_length)
     a, b = progress
     span = b - a
 
@@ -299,44 +360,19 @@ def build_dashboards(
     seq_max = np.stack([v[1:].max(0) for v in values])
     logits = logit_effects(model, sae, latents, 10, text)
     near = neighbours(sae, latents)
-    diff_rows = {}
-    if diff_job is not None:
-        marks = ",".join("?" for _ in latents)
-        for r in project.query(
-            f"SELECT * FROM latent_stats WHERE job_id = ? AND latent IN ({marks})", [diff_job, *latents]
-        ):
-            diff_rows[r["latent"]] = {
-                k: r[k]
-                for k in ("base_mean", "ft_mean", "base_freq", "ft_freq", "delta_mean", "delta_freq", "rank")
-            }
+    diff_rows = _diff_stats(project, diff_job, latents)
+    corpus = _Corpus(seqs, sources, values, flat, seq_max, text)
+    layout = {"n_top": n_top, "n_quantiles": n_quantiles, "per_quantile": per_quantile, "before": before,
+              "after": after}  # fmt: skip
     rows = []
     for k, latent in enumerate(latents):
-        col = flat[:, k]
-        nonzero = col[col > 0]
-        order = [int(i) for i in np.argsort(-seq_max[:, k], kind="stable") if seq_max[i, k] > 0]
-        top, rest = order[:n_top], order[n_top:]
         data = {
             "latent": latent,
             "sae_id": sae_row["id"],
             "hook_name": sae_row["hook_name"],
             "model": model_name,
             "diff_job": diff_job,
-            "n_texts": len(seqs),
-            "n_tokens": int(len(col)),
-            "density": float(len(nonzero) / max(1, len(col))),
-            "max": float(col.max()) if len(col) else 0.0,
-            "mean_nonzero": float(nonzero.mean()) if len(nonzero) else 0.0,
-            "histogram": _histogram(nonzero),
-            "top": [_example(sources[i], seqs[i], values[i], k, text, before, after) for i in top],
-            "quantiles": [
-                {
-                    "range": [round(lo, 4), round(hi, 4)],
-                    "examples": [
-                        _example(sources[i], seqs[i], values[i], k, text, before, after) for i in members
-                    ],
-                }
-                for lo, hi, members in _quantile_groups(rest, seq_max[:, k], n_quantiles, per_quantile)
-            ],
+            **_activation_summary(corpus, k, layout),
             "logits": logits[k] if logits else None,
             "neighbours": near[k],
             "diff": diff_rows.get(latent),
