@@ -459,3 +459,32 @@ def test_a_control_fine_tune_separates_the_planted_change_from_a_shared_format(
     text = page.caveat_text()
     assert "Controlled by 'ctl'" in text and "uncontrolled" not in text
     assert f"correlate at r = {result['control_correlation']:.2f}" in text  # > 0.8 here: said in plain words
+
+
+def test_a_tiny_consistent_change_does_not_outrank_a_large_reliable_one(project: Project) -> None:
+    """Latent 0 changes by +0.02 give or take 0.001 (z about 40); latent 1 by +2 give or take 0.5 (z about
+    25). The ranking puts the large, reliable change first, whatever the smaller z."""
+    import torch
+
+    from emgui.core.features.diffing import _Accumulator, store_ranking
+
+    gen = torch.Generator().manual_seed(0)
+    n_examples = 40
+
+    def model(shift: torch.Tensor, noise: torch.Tensor) -> _Accumulator:
+        acc = _Accumulator(4, 3, "cpu", n_groups=n_examples)
+        base = torch.tensor([5.0, 1.0, 4.0])
+        for example in range(n_examples):
+            z = (base + shift + noise * torch.randn(3, generator=gen)).clamp(min=0.0)[None, :]
+            acc.add(torch.zeros(1, 4), z, [], token_group=torch.tensor([example]))
+        return acc
+
+    sae_id = project.insert("saes", {"name": "s", "source": "trained", "hook_name": "model.layers.0", "path": "x",
+                                     "created_at": 0.0})  # fmt: skip
+    job = project.create_job("diff", {})
+    base = model(torch.zeros(3), torch.zeros(3))
+    ft = model(torch.tensor([0.02, 2.0, 0.0]), torch.tensor([0.001, 0.5, 0.0]))
+    rows = store_ranking(project, job, sae_id, base, ft, n_boot=200)
+    by_latent = {r["latent"]: r for r in rows}
+    assert by_latent[0]["z"] > by_latent[1]["z"]  # the tiny change is the more "significant" one...
+    assert [r["latent"] for r in rows] == [1, 0, 2]  # ...but the large reliable change ranks first

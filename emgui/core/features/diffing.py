@@ -316,9 +316,11 @@ def store_ranking(
     """Write every latent's statistics to latent_stats and rank them (1 = most increased).
 
     The effect is the fine-tune's change (ft - base), minus the control's change (control - base) when
-    there is a control model: what the fine-tune did that the control did not. Latents are ranked by
-    z = effect / its bootstrap standard deviation over examples, so a large but noisy change does not
-    outrank a smaller, reliable one."""
+    there is a control model: what the fine-tune did that the control did not. Latents are ranked by the
+    lower end of the effect's 95 % interval, effect - 1.96 SD (SD: its bootstrap spread over examples), so
+    a large but noisy change does not outrank a smaller, reliable one, and a tiny change that is merely
+    consistent (z in the tens, effect near zero) does not outrank a large one; z = effect / SD is stored
+    beside it."""
     import torch
 
     base_mean, base_freq = _means(base)
@@ -335,7 +337,7 @@ def store_ranking(
     if sd is not None:
         floor = max(1e-12, 1e-4 * float(effect.abs().max()))
         z = effect / sd.clamp(min=floor)
-        key = z
+        key = effect - Z_95 * sd
     else:
         z, key = None, effect
     order = torch.argsort(key, descending=True, stable=True).tolist()
@@ -366,6 +368,7 @@ def store_ranking(
     return sorted(rows, key=lambda r: r["rank"])
 
 
+Z_95 = 1.96  # the ranking key is the lower end of the effect's 95 % interval
 SHARED_CHANGE = 0.8  # above this correlation, the fine-tune and the control changed the same latents
 
 
