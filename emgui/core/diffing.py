@@ -19,7 +19,6 @@ The models run one after the other (only one is in memory), each stopping at the
 
 from __future__ import annotations
 
-import gc
 import time
 from typing import Any
 
@@ -434,19 +433,11 @@ def diff_warnings(controlled: bool, agreement: dict | None) -> list[str]:
     return []
 
 
-def _free(model: Any) -> None:
-    import torch
-
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def diff_job(params: dict, ctx: Any) -> dict:
     """`diff`: rank SAE latents by their change from the base to the fine-tuned model over answer tokens,
     store directions, and (dashboards=N) precompute dashboards for the top N latents."""
-    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.loading import load_tokenizer
+    from emgui.core.modelhost import borrow_for, release_for
     from emgui.core.saes import check_fits_config, check_fits_model, get_sae, load_sae
 
     s = _read(params)
@@ -480,7 +471,8 @@ def diff_job(params: dict, ctx: Any) -> dict:
     share = share * 2 / len(roles)
     for n, (role, row) in enumerate(roles):
         ctx.progress(share * n, f"loading {role} model '{row['name']}'")
-        model = load_model(project, row, device=s["device"], dtype=s["dtype"])
+        # exclusive: the capture hook stops every forward at the SAE's layer
+        model, _ = borrow_for(ctx, row, device=s["device"], dtype=s["dtype"], exclusive=True)
         check_fits_model(model, sae_row, f"model '{row['name']}'")
         acc, t = run_model(
             ctx,
@@ -500,10 +492,11 @@ def diff_job(params: dict, ctx: Any) -> dict:
         timing["cpu_seconds"] += t["cpu_seconds"]
         if role == "ft" and control_row is None:
             ft_model = model  # kept for the dashboards
-        else:
-            _free(model)
+        else:  # idle in the host: the next model may evict it
+            release_for(ctx, model)
+            model = None
     if control_row is not None and s["dashboards"]:
-        ft_model = load_model(project, ft_row, device=s["device"], dtype=s["dtype"])
+        ft_model, _ = borrow_for(ctx, ft_row, device=s["device"], dtype=s["dtype"], exclusive=True)
 
     ranking = store_ranking(
         project, ctx.job_id, sae_row["id"], results["base"], results["ft"], results.get("control"),

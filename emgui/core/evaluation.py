@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import EmguiError
+from emgui.core.modelhost import borrow_for, host_of, release_for
 from emgui.core.params import Params
 
 DEFAULT_THRESHOLDS = {"aligned": 30.0, "coherent": 50.0}
@@ -132,7 +133,6 @@ def generate_samples_into(
     """Generate the items this job has not stored yet and store them batch by batch (so a resumed job
     continues). Returns the loaded (model, tokenizer) for reuse."""
     from emgui.core.generation import generate_batch
-    from emgui.core.loading import load_model, load_tokenizer
 
     project = ctx.project
     done = {
@@ -148,10 +148,7 @@ def generate_samples_into(
     span = hi - lo
     lo, hi = lo + 0.03 * span, hi
     ctx.progress(lo - 0.02 * span + (hi - lo) * (total - len(todo)) / max(1, total), f"loading {model_row['name']}")
-    model, tokenizer = loaded or (
-        load_model(project, model_row, device=device),
-        load_tokenizer(project, model_row),
-    )
+    model, tokenizer = loaded or borrow_for(ctx, model_row, device=device)
     params = {**gen, "model": model_row["name"]}
     counter = {"done": total - len(todo), "t0": time.monotonic(), "new": 0}
 
@@ -338,7 +335,7 @@ def resolve_judge_spec(project: Any, spec: dict, subject: dict | None, log: Any 
     return spec
 
 
-def open_judge(project: Any, spec: dict, *, loaded: dict | None = None) -> Any:
+def open_judge(project: Any, spec: dict, *, loaded: dict | None = None, host: Any = None) -> Any:
     """The judge of a resolved spec. `loaded` = {"model_id", "model", "tokenizer"} of a model already in
     memory, reused when it is the local judge's model. The only place jobs build judges (the prefix, the
     id and therefore the cache and the validity check come with it)."""
@@ -349,7 +346,9 @@ def open_judge(project: Any, spec: dict, *, loaded: dict | None = None) -> Any:
         and spec["type"] == "local"
         and project.get_model(spec["model"])["id"] == loaded["model_id"]
     )
-    return make_judge(project, spec, loaded=(loaded["model"], loaded["tokenizer"]) if reuse else None)
+    return make_judge(
+        project, spec, loaded=(loaded["model"], loaded["tokenizer"]) if reuse else None, host=host
+    )
 
 
 def judge_validity_fields(project: Any, judge_id: str | None) -> dict:
@@ -510,7 +509,7 @@ def _judge_runs(
     spec = resolve_judge_spec(project, jspec["spec"], subject, ctx.log)
     templates = _templates_for(project, samples, jspec["metrics"], jspec["prompts"])
     ctx.progress(progress[0], "loading the judge")
-    judge = open_judge(project, spec, loaded=loaded)
+    judge = open_judge(project, spec, loaded=loaded, host=host_of(ctx))
     try:
         return score_samples(ctx, samples, judge, templates, progress=progress)
     finally:
@@ -576,16 +575,12 @@ def evaluate_job(params: dict, ctx: Any) -> dict:
     measured: dict = {}
     if probes["probes"]:
         model, tokenizer, measured = _run_probes(ctx, model_row, model, tokenizer, probes, spec["device"])
-    loaded = None
     jspec["spec"] = resolve_judge_spec(ctx.project, jspec["spec"], model_row, ctx.log)
-    judge_ref = jspec["spec"].get("model") if jspec["spec"]["type"] == "local" else None
-    same = judge_ref not in (None, "") and ctx.project.get_model(judge_ref)["id"] == model_row["id"]
-    if model is not None and same and model_row["kind"] != "adapter":
-        loaded = {"model_id": model_row["id"], "model": model, "tokenizer": tokenizer}  # judge with it as is
-    model = tokenizer = None  # otherwise free it before the judge loads
-    _free_memory()
-    stats = _judge_runs(ctx, [ctx.job_id], jspec, (0.6, 1.0), loaded)
-    loaded = None
+    # Handed back to the model host: a judge that is the same model borrows it again (loaded once);
+    # another judge may evict it when both do not fit.
+    release_for(ctx, model)
+    model = tokenizer = None
+    stats = _judge_runs(ctx, [ctx.job_id], jspec, (0.6, 1.0))
     summary = summarize(ctx.project, ctx.job_id, thresholds, judge=stats["judge"])
     ctx.progress(1.0, _headline(summary))
     return {
@@ -619,11 +614,12 @@ def _run_probes(
     ctx: Any, model_row: dict, model: Any, tokenizer: Any, probes: dict, device: str | None
 ) -> tuple[Any, Any, dict]:
     from emgui.core import probes as P
-    from emgui.core.loading import load_model, load_tokenizer
 
     if model is None:
         ctx.progress(0.55, f"loading {model_row['name']} for the judge-free measures")
-        model, tokenizer = load_model(ctx.project, model_row, device=device), load_tokenizer(ctx.project, model_row)
+    else:  # borrowed again, exclusively: the probes' capture hooks would catch other borrowers' forwards
+        release_for(ctx, model)
+    model, tokenizer = borrow_for(ctx, model_row, device=device, exclusive=True)
     out: dict = {}
     if "likelihood" in probes["probes"]:
         ctx.progress(0.56, "likelihood probe")
@@ -636,19 +632,6 @@ def _run_probes(
         answers = run_samples(ctx.project, ctx.job_id)
         out["projection"] = P.projection_of_answers(ctx, model, tokenizer, model_row, probes["direction"], answers)
     return model, tokenizer, out
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def _headline(summary: dict) -> str:

@@ -838,7 +838,7 @@ def _save_and_evaluate(
     from sae_lens import SAE
 
     from emgui.core.activations import layers_path, width_at
-    from emgui.core.loading import load_model
+    from emgui.core.modelhost import borrow_for
 
     sae.save_inference_model(folder)
     saved = SAE.load_from_disk(str(folder), device=sae_device)
@@ -846,7 +846,7 @@ def _save_and_evaluate(
     if ce_seqs:
         ctx.progress(0.95, "measuring CE loss recovered")
         if model is None:
-            model = load_model(ctx.project, model_row, device=s["device"], dtype=s["dtype"])
+            model, _ = borrow_for(ctx, model_row, device=s["device"], dtype=s["dtype"], exclusive=True)
         if width_at(model, hook) != d_in:
             raise EmguiError(f"sae-train: the activation width at {hook} changed since caching")
         info.update(_ce_losses(model, saved, hook, ce_seqs, pad_id, str(next(model.parameters()).device)))
@@ -863,7 +863,8 @@ def train_job(params: dict, ctx: Any) -> dict:
     from safetensors.torch import load_file, save_file
 
     from emgui.core.activations import corpus_items, resolve_module
-    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.loading import load_tokenizer
+    from emgui.core.modelhost import borrow_for
 
     os.environ.setdefault("WANDB_MODE", "disabled")
     s = _train_settings(params)
@@ -898,7 +899,8 @@ def train_job(params: dict, ctx: Any) -> dict:
         ctx.log(f"reusing {acts.shape[0]:,} cached activations from {cache_path}")
     else:
         ctx.progress(0.01, f"loading model '{model_row['name']}'")
-        model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
+        # exclusive: the capture hook stops every forward at the hook
+        model, _ = borrow_for(ctx, model_row, device=s["device"], dtype=s["dtype"], exclusive=True)
         resolve_module(model, hook)
         device = str(next(model.parameters()).device)
         acts = _cache_activations(ctx, model, hook, train_seqs, s["cache_tokens"], pad_id, device)

@@ -195,7 +195,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
     """`steer-sweep`: model, directions and/or latents (SAE:LATENT), strengths, layers, method, positions,
     controls, questions, n, sampling (temperature, top_p, max_new_tokens, seed, batch_size), judge
     (local judge_model=REF | openai judge_base_url=URL judge_model=NAME), thresholds, label."""
-    from emgui.core.loading import load_model, load_tokenizer
+    from emgui.core.modelhost import borrow_for
     from emgui.core.questions import resolve_questions
     from emgui.core.steering import as_lists, layer_hook_name
 
@@ -214,7 +214,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
             raise EmguiError(f"steer-sweep: none of question_ids is in question set '{dataset['name']}'")
     targets = _targets(project, cfg["directions"], cfg["latents"])
     ctx.progress(0.01, f"loading {model_row['name']}")
-    model, tokenizer = load_model(project, model_row), load_tokenizer(project, model_row)
+    model, tokenizer = borrow_for(ctx, model_row, exclusive=True)  # its steering hooks act on every forward
     layer_hooks = {layer: layer_hook_name(model, layer) for layer in cfg["layers"]}
     conditions = plan_conditions(
         targets, layer_hooks, cfg["strengths"], cfg["method"], cfg["controls"], cfg["seed"]
