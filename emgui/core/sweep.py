@@ -335,7 +335,12 @@ def _judge(
     spec = resolve_judge_spec(project, cfg["judge"], model_row, ctx.log)
     ctx.progress(0.8, "loading the judge")
     # The same path as `evaluate`: the swept model, when it is the judge, judges with the project's prefix.
-    judge = open_judge(project, spec, loaded={"model_id": model_row["id"], "model": model, "tokenizer": tokenizer})
+    judge = open_judge(
+        project,
+        spec,
+        loaded={"model_id": model_row["id"], "model": model, "tokenizer": tokenizer},
+        host=getattr(ctx, "host", None),
+    )
     try:
         fallback = project_judge_prompts(project)
         templates = {}
