@@ -278,3 +278,29 @@ def test_an_evaluate_with_another_judge_evicts_the_sampled_model_when_both_do_no
     )
     assert run_job(project, job, host=host) == "succeeded", project.get_job(job)["error"]
     assert [m["label"] for m in host.snapshot().models] == ["judge"] and host.loads == 2
+
+
+# ----- the status bar ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gui
+def test_the_status_bar_shows_what_the_host_holds(qtbot, project: Project) -> None:
+    from emgui.ui.main_window import MainWindow
+
+    host, loader = ModelHost({"cpu": 10 * SIZE}), Loader()
+    win = MainWindow(project, probe_device=False, host=host)
+    qtbot.addWidget(win)
+    assert win.models_label.text() == "models: no models loaded"
+    leases: list = []
+    worker = threading.Thread(target=lambda: leases.append(borrow(host, loader, "<b>a</b>")))
+    worker.start()  # loaded off the UI thread: the label follows through a queued signal
+    worker.join(10)
+    qtbot.waitUntil(lambda: win.models_label.text() == "models: 1 model · 40.4 KB", timeout=5000)
+    assert win.models_label.textFormat().name == "PlainText"  # a model's name is shown as typed
+    assert "&lt;b&gt;a&lt;/b&gt; · cpu · 40.4 KB · ready · 1 using it" in win.models_label.toolTip()
+    borrow(host, loader, "b").release()
+    qtbot.waitUntil(lambda: win.models_label.text() == "models: 2 models · 80.8 KB", timeout=5000)
+    leases[0].release()
+    host.clear()
+    qtbot.waitUntil(lambda: win.models_label.text() == "models: no models loaded", timeout=5000)
+    win.close()

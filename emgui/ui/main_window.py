@@ -172,6 +172,7 @@ class MainWindow(QMainWindow):
         self.device_label.setContentsMargins(12, 0, 8, 0)
         self.jobs_label = QLabel("")
         self.models_label = QLabel("")
+        self.models_label.setTextFormat(Qt.TextFormat.PlainText)  # model names are the user's text
         self.models_label.setContentsMargins(12, 0, 0, 0)
         self.statusBar().addPermanentWidget(self.models_label)
         self.statusBar().addPermanentWidget(self.jobs_label)

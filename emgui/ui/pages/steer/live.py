@@ -3,10 +3,10 @@ by side."""
 
 from __future__ import annotations
 
-import threading
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
 
 from emgui.core import steering as st
 from emgui.core.errors import EmguiError
-from emgui.ui.bridge import run_async
 from emgui.ui.pages.steer.common import DEBOUNCE_MS, SLIDER_STEPS, combo_data, select_data, spin
 from emgui.ui.pages.steer.tokens import TokenView
 from emgui.ui.widgets import heading, hint, show_error
@@ -40,36 +39,36 @@ from emgui.ui.widgets import heading, hint, show_error
 if TYPE_CHECKING:  # the page imports this module
     from emgui.ui.pages.steer.page import SteerPage
 
-# ----- streaming off the UI thread --------------------------------------------------------------------------
+# ----- streaming: a task run by the job bridge ---------------------------------------------------------------
 
 
-class _StreamSignals(QObject):
-    token = Signal(str, int, object)  # pane ("base" | "steered"), run id, TokenStep
-    done = Signal(str, int, str)  # pane, run id, error ('' when it ended normally)
+def live_answer(params: dict, ctx: Any) -> None:
+    """A bridge task (a worker thread, never the UI thread): one answer, unsteered or steered, emitted
+    token by token until it ends or the task is stopped. The model is borrowed from the model host and
+    shared with the other pane and with jobs: the steering hooks act only on this thread's forwards."""
+    from emgui.core.modelhost import borrow_model
 
-
-class Streamer:
-    """Runs stream_generate in a daemon thread; `stop()` ends it at the next token."""
-
-    def __init__(self, signals: _StreamSignals, pane: str, run_id: int, work: Any):
-        self.stop_event = threading.Event()
-        self.pane, self.run_id = pane, run_id
-        self.thread = threading.Thread(
-            target=self._run, args=(signals, work), daemon=True, name=f"emgui-{pane}"
+    spec, settings = params["spec"], params["settings"]
+    with borrow_model(ctx.project, params["model_row"], host=ctx.host) as lease:
+        steering = (
+            st.resolve(ctx.project, spec, lease.model, sae_cache=params["sae_cache"])
+            if spec and spec.interventions
+            else None
         )
-        self.thread.start()
-
-    def _run(self, signals: _StreamSignals, work: Any) -> None:
-        try:
-            for step in work(self.stop_event.is_set):
-                signals.token.emit(self.pane, self.run_id, step)
-            signals.done.emit(self.pane, self.run_id, "")
-        except Exception as exc:  # noqa: BLE001 - shown in the pane, never raised into Qt
-            text = str(exc) if isinstance(exc, EmguiError) else f"{type(exc).__name__}: {exc}"
-            signals.done.emit(self.pane, self.run_id, text)
-
-    def stop(self) -> None:
-        self.stop_event.set()
+        stream = st.stream_generate(
+            lease.model,
+            lease.tokenizer,
+            settings["messages"],
+            steering,
+            seed=settings["seed"],
+            temperature=settings["temperature"],
+            max_new_tokens=settings["max_new_tokens"],
+            should_stop=lambda: ctx.cancelled,
+            this_thread_only=True,
+        )
+        with closing(stream):  # its hooks come off before the model goes back to the host
+            for step in stream:
+                ctx.emit(step)
 
 
 # ----- interventions ------------------------------------------------------------------------------------------
@@ -182,14 +181,9 @@ class LiveTab(QWidget):
         super().__init__()
         self.page = page
         self.rows: list[InterventionRow] = []
-        self.loaded: dict[str, Any] = {}  # model_id, model, tokenizer
-        self.loading = False
         self.sae_cache: dict = {}
-        self.streams: dict[str, Streamer] = {}
-        self.run_ids = {"base": 0, "steered": 0}
-        self.signals = _StreamSignals()
-        self.signals.token.connect(self._on_token)
-        self.signals.done.connect(self._on_done)
+        self.tasks: dict[str, int] = {}  # pane -> the bridge task streaming its answer
+        self.run_ids = {"base": 0, "steered": 0}  # answers started per pane
         self.debounce = QTimer(self)
         self.debounce.setSingleShot(True)
         self.debounce.timeout.connect(lambda: self.start(steered_only=True))
@@ -390,7 +384,6 @@ class LiveTab(QWidget):
 
     def _model_chosen(self, _index: int) -> None:
         self.stop()
-        self.loaded = {}  # the next Generate loads the newly chosen model
         self.sae_cache = {}
         self._fill_directions()
         self._fill_layers()
@@ -464,7 +457,7 @@ class LiveTab(QWidget):
 
     def spec_changed(self) -> None:
         """A slider or setting moved: restart the steered answer after a short pause."""
-        if "steered" in self.streams or self.views["steered"].steps:
+        if "steered" in self.tasks or self.views["steered"].steps:
             self.debounce.start(DEBOUNCE_MS)
 
     # ----- presets --------------------------------------------------------------------------------------
@@ -548,9 +541,6 @@ class LiveTab(QWidget):
         if model_row is None or not self.prompt_edit.toPlainText().strip():
             self.message.setText("Choose a model and write a prompt.")
             return
-        if self.loaded.get("model_id") != model_row["id"]:
-            self._load_then_start(model_row)
-            return
         panes = ["steered"] if steered_only else ["base", "steered"]
         spec = self.spec()
         settings = {
@@ -560,84 +550,41 @@ class LiveTab(QWidget):
             "max_new_tokens": self.max_tokens.value(),
         }
         for pane in panes:
-            self._start_pane(pane, spec if pane == "steered" else None, settings)
+            self._start_pane(pane, model_row, spec if pane == "steered" else None, settings)
         self.message.setText("")
 
-    def _start_pane(self, pane: str, spec: st.SteeringSpec | None, settings: dict) -> None:
-        old = self.streams.pop(pane, None)
+    def _start_pane(self, pane: str, model_row: dict, spec: st.SteeringSpec | None, settings: dict) -> None:
+        """Stream one pane's answer through the bridge; a running one is stopped first (its last tokens,
+        still queued, are ignored)."""
+        bridge = self.page.bridge
+        old = self.tasks.pop(pane, None)
         if old is not None:
-            old.stop()
+            bridge.cancel_task(old)
         self.run_ids[pane] += 1
         self.views[pane].clear_tokens("…")
         self.status_labels[pane].setText("starting")
-        model, tokenizer, project, cache = (
-            self.loaded["model"],
-            self.loaded["tokenizer"],
-            self.project,
-            self.sae_cache,
-        )
-
-        def work(should_stop: Any) -> Any:
-            steering = (
-                st.resolve(project, spec, model, sae_cache=cache) if spec and spec.interventions else None
-            )
-            return st.stream_generate(
-                model,
-                tokenizer,
-                settings["messages"],
-                steering,
-                seed=settings["seed"],
-                temperature=settings["temperature"],
-                max_new_tokens=settings["max_new_tokens"],
-                should_stop=should_stop,
-                this_thread_only=True,
-            )
-
-        self.streams[pane] = Streamer(self.signals, pane, self.run_ids[pane], work)
-
-    def _load_then_start(self, model_row: dict) -> None:
-        if self.loading:
-            return
-        self.loading = True
-        self.generate_button.setEnabled(False)
-        self.message.setText(f"loading {model_row['name']}…")
-        project = self.project
-
-        def load() -> dict:
-            from emgui.core.loading import load_model, load_tokenizer
-
-            return {
-                "model_id": model_row["id"],
-                "model": load_model(project, model_row),
-                "tokenizer": load_tokenizer(project, model_row),
-            }
-
-        def done(result: dict) -> None:
-            self.loading = False
-            self.generate_button.setEnabled(True)
-            self.loaded = result
-            self.message.setText("")
-            self.start()
-
-        def failed(error: str) -> None:
-            self.loading = False
-            self.generate_button.setEnabled(True)
-            self.message.setText(f"cannot load {model_row['name']}: {error.splitlines()[0]}")
-
-        run_async(load, on_done=done, on_error=failed)
+        params = {"model_row": model_row, "spec": spec, "settings": settings, "sae_cache": self.sae_cache}
+        self.tasks[pane] = bridge.start_task(live_answer, params, name=f"steer-{pane}")
 
     def stop(self) -> None:
-        for streamer in self.streams.values():
-            streamer.stop()
-        self.streams.clear()
+        bridge = self.page.bridge
+        for task_id in self.tasks.values():
+            if bridge is not None:
+                bridge.cancel_task(task_id)
+        self.tasks.clear()
         self.debounce.stop()
 
     def busy(self) -> bool:
-        return bool(self.streams) or self.loading
+        return bool(self.tasks)
 
-    def _on_token(self, pane: str, run_id: int, step: Any) -> None:
-        if run_id != self.run_ids[pane]:
-            return  # a stopped stream's last tokens
+    def _pane_of(self, task_id: int) -> str | None:
+        return next((pane for pane, tid in self.tasks.items() if tid == task_id), None)
+
+    def on_task_item(self, task_id: int, step: Any) -> None:
+        """A token of a pane's current answer (the bridge's taskItem, in the UI thread)."""
+        pane = self._pane_of(task_id)
+        if pane is None:
+            return  # a stopped answer's last tokens, or another page's task
         view = self.views[pane]
         if not view.steps:
             view.status = ""
@@ -646,10 +593,11 @@ class LiveTab(QWidget):
         first = view.steps[0].seconds
         self.status_labels[pane].setText(f"first token {first:.2f} s · {rate:.1f} tok/s")
 
-    def _on_done(self, pane: str, run_id: int, error: str) -> None:
-        if run_id != self.run_ids[pane]:
+    def on_task_done(self, task_id: int, error: str) -> None:
+        pane = self._pane_of(task_id)
+        if pane is None:
             return
-        self.streams.pop(pane, None)
+        self.tasks.pop(pane, None)
         view = self.views[pane]
         view.status = f"error: {error}" if error else ""
         view.render()

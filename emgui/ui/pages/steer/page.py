@@ -41,9 +41,10 @@ class SteerPage(Page):
 
     def project_changed(self) -> None:
         self.live.stop()
-        self.live.loaded = {}
         self.live.clear_rows()
         if self.bridge is not None:
+            self.bridge.taskItem.connect(self.live.on_task_item)
+            self.bridge.taskDone.connect(self.live.on_task_done)
             self.bridge.jobStatus.connect(self._on_job_status)
             self.bridge.jobMetrics.connect(self.monitor.on_metrics)
             self.bridge.jobLog.connect(self.monitor.on_log)
