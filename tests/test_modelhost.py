@@ -230,6 +230,23 @@ def test_project_models_are_shared_by_key(project: Project, tiny_model_dir: Path
     two.release()
 
 
+def test_a_folder_written_again_is_loaded_again(project: Project, tmp_path: Path) -> None:
+    import os
+
+    from tests.tiny import make_tiny_chat_model
+
+    folder = make_tiny_chat_model(tmp_path / "m")
+    register_tiny(project, "m", folder)
+    host, row = ModelHost({"cpu": 10**9}), project.get_model("m")
+    borrow_model(project, row, host=host, device="cpu").release()
+    borrow_model(project, row, host=host, device="cpu").release()
+    assert host.loads == 1
+    later = time.time() + 10
+    os.utime(folder / "config.json", (later, later))  # as a job writing the folder again would
+    borrow_model(project, row, host=host, device="cpu").release()
+    assert host.loads == 2
+
+
 def test_an_evaluate_whose_judge_is_the_sampled_model_loads_it_once(
     project: Project, tmp_path: Path, tiny_model_dir: Path, monkeypatch  # noqa: F811
 ) -> None:

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import EmguiError
@@ -54,6 +55,7 @@ class ModelKey:
     dtype: str = "float32"
     device: str = "cpu"
     quantization: str | None = None
+    revision: str = ""  # when its files last changed: a folder written again is a new model
 
     @property
     def pool(self) -> str:
@@ -459,14 +461,23 @@ def _device_and_dtype(device: str | None, dtype: Any) -> tuple[str, Any]:
     return device, resolve_dtype(device, dtype)
 
 
+def _revision(*paths: Path) -> str:
+    """The newest modification time of the files in these folders (or of these files)."""
+    times = []
+    for path in paths:
+        files = [path] if path.is_file() else (list(path.iterdir()) if path.is_dir() else [])
+        times += [f.stat().st_mtime_ns for f in files if f.is_file()]
+    return str(max(times, default=0))
+
+
 def model_key(project: Any, row: dict, device: str, dtype: Any) -> ModelKey:
     """The key of a project's model row: its folder (and its base model's, for an adapter)."""
     dtype_name = str(dtype).replace("torch.", "")
-    path = str(project.model_path(row).resolve())
+    path = project.model_path(row).resolve()
     if row["kind"] == "adapter" and row.get("base_model_id"):
-        base = project.get_model(row["base_model_id"])
-        return ModelKey(str(project.model_path(base).resolve()), path, dtype_name, device)
-    return ModelKey(path, None, dtype_name, device)
+        base = project.model_path(project.get_model(row["base_model_id"])).resolve()
+        return ModelKey(str(base), str(path), dtype_name, device, revision=_revision(base, path))
+    return ModelKey(str(path), None, dtype_name, device, revision=_revision(path))
 
 
 def estimate_bytes(project: Any, row: dict, dtype: Any) -> int:
