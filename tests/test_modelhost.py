@@ -15,7 +15,15 @@ import pytest
 
 from emgui.core.errors import EmguiError
 from emgui.core.jobs import run_job
-from emgui.core.modelhost import HostSnapshot, ModelHost, ModelKey, borrow_model, model_bytes, parse_bytes
+from emgui.core.modelhost import (
+    HostSnapshot,
+    ModelHost,
+    ModelKey,
+    borrow_model,
+    memory_pool,
+    model_bytes,
+    parse_bytes,
+)
 from emgui.core.store import Project
 from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
 
@@ -205,6 +213,8 @@ def test_the_status_text_and_sizes() -> None:
     assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("1 GiB") == 2**30 and parse_bytes("5e8") == 5 * 10**8
     with pytest.raises(EmguiError):
         parse_bytes("lots")
+    # each GPU has its own budget; the CPU and Apple's unified memory share one
+    assert [memory_pool(d) for d in ("cuda", "cuda:1", "cpu", "mps")] == ["cuda:0", "cuda:1", "cpu", "cpu"]
 
 
 def test_the_budget_comes_from_the_environment(monkeypatch) -> None:
