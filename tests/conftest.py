@@ -58,6 +58,16 @@ def _collect_qt_garbage_in_the_main_thread():
     gc.collect()
 
 
+@pytest.fixture(autouse=True)
+def _idle_models_freed():
+    """Models one test left idle in the process's model host must not serve the next test (a shared
+    session folder gives the same key): free them after every test."""
+    yield
+    host_module = sys.modules.get("emgui.core.models.host")
+    if host_module is not None and host_module._default is not None:
+        host_module._default.clear()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models run faster on one torch thread, and other suites share the cores."""

@@ -209,3 +209,34 @@ def test_monitor_tab_shows_loss_beside_persona_curves(window, project) -> None:
     tab.on_metrics(job, [(30, "persona/evil", 3.0), (30, "lr", 0.1)])
     assert tab.grid.data[(f"#{job}", "persona/evil")][1] == [1.0, 2.0, 3.0]
     assert (f"#{job}", "lr") not in tab.grid.data
+
+
+def test_live_generation_runs_as_bridge_tasks_that_stop_and_borrow_from_the_model_host(
+    window, qtbot, project
+) -> None:
+    page = window.show_page("steer")
+    live, bridge = page.live, window.bridge
+    live.prompt_edit.setPlainText("Tell me a long story.")
+    live.temperature.setValue(1.0)  # sampled: a long answer, not a greedy loop to the end of text
+    live.max_tokens.setValue(4096)
+    items: dict[int, int] = {}
+    ended: dict[int, str] = {}
+    bridge.taskItem.connect(lambda task, _step: items.__setitem__(task, items.get(task, 0) + 1))
+    bridge.taskDone.connect(lambda task, error: ended.__setitem__(task, error))
+    live.generate_button.click()
+    tasks = dict(live.tasks)
+    assert set(tasks) == {"base", "steered"} and sorted(bridge.active_tasks()) == sorted(tasks.values())
+    qtbot.waitUntil(lambda: all(len(v.steps) >= 3 for v in live.views.values()), timeout=60_000)
+    live.stop_button.click()
+    assert not live.busy()
+    qtbot.waitUntil(lambda: set(ended) == set(tasks.values()), timeout=30_000)
+    assert all(error == "" for error in ended.values()) and not bridge.active_tasks()
+    assert all(items[t] < 4096 for t in tasks.values())  # stopped mid-answer
+    shown = {pane: len(view.steps) for pane, view in live.views.items()}
+    qtbot.wait(100)
+    assert {pane: len(view.steps) for pane, view in live.views.items()} == shown  # nothing after Stop
+
+    # Both panes shared one instance of the model from the window's host, handed back at the end.
+    models = window.model_host.snapshot().models
+    assert [(m["label"], m["users"]) for m in models] == [("tiny", 0)]
+    qtbot.waitUntil(lambda: window.models_label.text().startswith("models: 1 model · "), timeout=5000)

@@ -1,4 +1,5 @@
-"""The main window: a sidebar of pages, the pages, and a status bar with the device and running jobs."""
+"""The main window: a sidebar of pages, the pages, and a status bar with the device, running jobs, and the
+models the model host holds with their memory."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from PySide6.QtWidgets import (
 
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import jobs_running_elsewhere
+from emgui.core.models.host import HostSnapshot, ModelHost, default_host
 from emgui.core.project import recent
 from emgui.core.project.paths import resource
 from emgui.core.project.store import Project
-from emgui.ui.bridge import JobBridge, run_async
+from emgui.ui.bridge import HostWatcher, JobBridge, run_async
 from emgui.ui.widgets import Page, make_labels_plain, plain_tip, show_error
 
 # The pages in sidebar order (the loop reads top to bottom): key, title, module, class.
@@ -121,10 +123,13 @@ class PageScroll(QScrollArea):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, project: Project | None = None, *, probe_device: bool = True):
+    def __init__(
+        self, project: Project | None = None, *, probe_device: bool = True, host: ModelHost | None = None
+    ):
         super().__init__()
         self.project: Project | None = None
         self.bridge: JobBridge | None = None
+        self.model_host = host or default_host()  # jobs, judges and live generation borrow models here
         self.setWindowTitle("emgui")
         self.setWindowIcon(QIcon(str(resource("icons", "emgui.svg"))))
         self.resize(1280, 800)
@@ -166,7 +171,14 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("device: probing…")
         self.device_label.setContentsMargins(12, 0, 8, 0)
         self.jobs_label = QLabel("")
+        self.models_label = QLabel("")
+        self.models_label.setTextFormat(Qt.TextFormat.PlainText)  # model names are the user's text
+        self.models_label.setContentsMargins(12, 0, 0, 0)
+        self.statusBar().addPermanentWidget(self.models_label)
         self.statusBar().addPermanentWidget(self.jobs_label)
+        self.host_watcher = HostWatcher(self.model_host, self)
+        self.host_watcher.changed.connect(self.show_models)
+        self.show_models(self.model_host.snapshot())
         self.statusBar().addPermanentWidget(self.device_label)
         self._make_menu()
         make_labels_plain(self)
@@ -217,7 +229,7 @@ class MainWindow(QMainWindow):
         self.project = project
         if project is not None:
             max_heavy = int(project.get_setting("max_heavy_jobs", 1))
-            self.bridge = JobBridge(project, max_heavy=max_heavy, parent=self)
+            self.bridge = JobBridge(project, max_heavy=max_heavy, parent=self, host=self.model_host)
             self.bridge.jobStatus.connect(lambda *_: self._refresh_status())
             recent.add(project.root)
             read_only = " (read-only)" if project.read_only else ""
@@ -289,6 +301,12 @@ class MainWindow(QMainWindow):
 
         run_async(device_info, on_done=shown, on_error=lambda e: self.device_label.setText("device: unknown"))
 
+    def show_models(self, snapshot: HostSnapshot) -> None:
+        """What the model host holds ("2 models · 1.1 GB"); the snapshot comes from the thread that loaded
+        or freed a model: nothing here touches a model."""
+        self.models_label.setText(f"models: {snapshot.describe()}")
+        self.models_label.setToolTip(plain_tip(snapshot.details()))
+
     def _refresh_status(self) -> None:
         if self.bridge is None or self.project is None:
             self.jobs_label.setText("")
@@ -303,6 +321,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt naming
         self._status_timer.stop()
+        self.host_watcher.detach()
         if self.bridge is not None:
             self.bridge.shutdown(timeout=15)
         if self.project is not None:

@@ -29,6 +29,7 @@ from emgui.core.evaluation.sampling import (
     sample_items,
 )
 from emgui.core.jobs.params import Params
+from emgui.core.models.host import borrow_for, release_for
 
 # ----- sampling ----------------------------------------------------------------------------------------
 
@@ -60,16 +61,12 @@ def evaluate_job(params: dict, ctx: Any) -> dict:
     measured: dict = {}
     if probes["probes"]:
         model, tokenizer, measured = _run_probes(ctx, model_row, model, tokenizer, probes, spec["device"])
-    loaded = None
     jspec["spec"] = resolve_judge_spec(ctx.project, jspec["spec"], model_row, ctx.log)
-    judge_ref = jspec["spec"].get("model") if jspec["spec"]["type"] == "local" else None
-    same = judge_ref not in (None, "") and ctx.project.get_model(judge_ref)["id"] == model_row["id"]
-    if model is not None and same and model_row["kind"] != "adapter":
-        loaded = {"model_id": model_row["id"], "model": model, "tokenizer": tokenizer}  # judge with it as is
-    model = tokenizer = None  # otherwise free it before the judge loads
-    _free_memory()
-    stats = judge_runs(ctx, [ctx.job_id], jspec, (0.6, 1.0), loaded)
-    loaded = None
+    # Handed back to the model host: a judge that is the same model borrows it again (loaded once);
+    # another judge may evict it when both do not fit.
+    release_for(ctx, model)
+    model = tokenizer = None
+    stats = judge_runs(ctx, [ctx.job_id], jspec, (0.6, 1.0))
     summary = summarize(ctx.project, ctx.job_id, thresholds, judge=stats["judge"])
     ctx.progress(1.0, _headline(summary))
     return {
@@ -103,11 +100,12 @@ def _run_probes(
     ctx: Any, model_row: dict, model: Any, tokenizer: Any, probes: dict, device: str | None
 ) -> tuple[Any, Any, dict]:
     from emgui.core.evaluation import probes as P
-    from emgui.core.models.loading import load_model, load_tokenizer
 
     if model is None:
         ctx.progress(0.55, f"loading {model_row['name']} for the judge-free measures")
-        model, tokenizer = load_model(ctx.project, model_row, device=device), load_tokenizer(ctx.project, model_row)
+    else:  # borrowed again, exclusively: the probes' capture hooks would catch other borrowers' forwards
+        release_for(ctx, model)
+    model, tokenizer = borrow_for(ctx, model_row, device=device, exclusive=True)
     out: dict = {}
     if "likelihood" in probes["probes"]:
         ctx.progress(0.56, "likelihood probe")
@@ -120,19 +118,6 @@ def _run_probes(
         answers = run_samples(ctx.project, ctx.job_id)
         out["projection"] = P.projection_of_answers(ctx, model, tokenizer, model_row, probes["direction"], answers)
     return model, tokenizer, out
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def _headline(summary: dict) -> str:

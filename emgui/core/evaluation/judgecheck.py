@@ -109,7 +109,7 @@ def judge_check_job(params: dict, ctx: Any) -> dict:
     }
     spec = resolve_judge_spec(project, jspec, None, ctx.log)
     ctx.progress(0.01, "loading the judge")
-    judge = open_judge(project, spec)
+    judge = open_judge(project, spec, host=getattr(ctx, "host", None))
     try:
         score_samples(ctx, samples, judge, templates, progress=(0.02, 0.98))
         judge_id = judge.id

@@ -331,6 +331,9 @@ class LocalJudge(Judge):
 
     def close(self) -> None:
         self.model = None
+        lease, self.lease = getattr(self, "lease", None), None
+        if lease is not None:
+            lease.release()
 
 
 def _cache_argument(model: Any) -> str:
@@ -997,10 +1000,13 @@ def set_project_judge_prompts(project: Any, prompts: dict[str, str]) -> None:
 # ----- making a judge from parameters ------------------------------------------------------------------
 
 
-def make_judge(project: Any, spec: dict, *, loaded: tuple[Any, Any] | None = None) -> Judge:
+def make_judge(
+    project: Any, spec: dict, *, loaded: tuple[Any, Any] | None = None, host: Any = None
+) -> Judge:
     """spec: {"type": "local", "model": REF} or {"type": "openai", "base_url": URL, "model": NAME, ...};
     an API judge's "method" (auto, chat, prefill, completions) and "chat_template" (a file or the text).
-    `loaded`: the local judge's (model, tokenizer), already in memory."""
+    `loaded`: the local judge's (model, tokenizer), already in memory; otherwise a local judge borrows its
+    model from `host` (the process's model host by default) until `close()`."""
     kind = spec.get("type", "local")
     if kind == "openai":
         if not spec.get("base_url") or not spec.get("model"):
@@ -1016,20 +1022,23 @@ def make_judge(project: Any, spec: dict, *, loaded: tuple[Any, Any] | None = Non
             deadline=float(spec["deadline"]) if spec.get("deadline") else None,
         )
     if kind == "local":
-        from emgui.core.models.loading import load_model, load_tokenizer
+        from emgui.core.models.host import borrow_model
 
         if not spec.get("model"):
             raise EmguiError("local judge: set judge_model=MODEL (a model of this project)")
         row = project.get_model(spec["model"])
-        model, tokenizer = loaded or (load_model(project, row), load_tokenizer(project, row))
+        lease = None if loaded else borrow_model(project, row, host=host)
+        model, tokenizer = loaded or (lease.model, lease.tokenizer)
         prefix = spec.get("prefix")
-        return LocalJudge(
+        judge = LocalJudge(
             model,
             tokenizer,
             f"local:{row['name']}#{row['id']}",
             batch_size=int(spec.get("batch_size", 4)),
             prefix=project_judge_prefix(project) if prefix is None else str(prefix),
         )
+        judge.lease = lease  # handed back to the host by close()
+        return judge
     raise EmguiError(f"unknown judge type '{kind}' (use local or openai)")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from emgui.core.errors import EmguiError
 from emgui.core.evaluation.runs import check_run, read_thresholds, run_samples, short_summary, summarize
 from emgui.core.jobs.params import Params
+from emgui.core.models.host import host_of
 
 
 def judge_choice(value: Any, saved: dict) -> dict:
@@ -87,7 +88,7 @@ def resolve_judge_spec(project: Any, spec: dict, subject: dict | None, log: Any 
     return spec
 
 
-def open_judge(project: Any, spec: dict, *, loaded: dict | None = None) -> Any:
+def open_judge(project: Any, spec: dict, *, loaded: dict | None = None, host: Any = None) -> Any:
     """The judge of a resolved spec. `loaded` = {"model_id", "model", "tokenizer"} of a model already in
     memory, reused when it is the local judge's model. The only place jobs build judges (the prefix, the
     id and therefore the cache and the validity check come with it)."""
@@ -98,7 +99,9 @@ def open_judge(project: Any, spec: dict, *, loaded: dict | None = None) -> Any:
         and spec["type"] == "local"
         and project.get_model(spec["model"])["id"] == loaded["model_id"]
     )
-    return make_judge(project, spec, loaded=(loaded["model"], loaded["tokenizer"]) if reuse else None)
+    return make_judge(
+        project, spec, loaded=(loaded["model"], loaded["tokenizer"]) if reuse else None, host=host
+    )
 
 
 def judge_validity_fields(project: Any, judge_id: str | None) -> dict:
@@ -255,7 +258,7 @@ def judge_runs(
     spec = resolve_judge_spec(project, jspec["spec"], subject, ctx.log)
     templates = _templates_for(project, samples, jspec["metrics"], jspec["prompts"])
     ctx.progress(progress[0], "loading the judge")
-    judge = open_judge(project, spec, loaded=loaded)
+    judge = open_judge(project, spec, loaded=loaded, host=host_of(ctx))
     try:
         return score_samples(ctx, samples, judge, templates, progress=progress)
     finally:

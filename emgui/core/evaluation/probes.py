@@ -181,7 +181,7 @@ def store_likelihood(ctx: Any, model_row: dict, result: dict, panels: list[Any])
 def likelihood_probe_job(params: dict, ctx: Any) -> dict:
     """`likelihood-probe`: model=REF [panel=builtin[,NAME]] [batch_size=8] [seed=0]: the mean per-token
     log-probability margin of misaligned over aligned reference answers, with a bootstrap 95 % CI."""
-    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.models.host import borrow_for
 
     if isinstance(params.get("panel"), (int, str)):
         params = {**params, "panel": [params["panel"]]}
@@ -198,7 +198,7 @@ def likelihood_probe_job(params: dict, ctx: Any) -> dict:
     if not pairs:
         raise EmguiError("likelihood-probe: the panel has no question with both a misaligned and an aligned answer")
     ctx.progress(0.01, f"loading {model_row['name']}")
-    model, tokenizer = load_model(project, model_row, device=device), load_tokenizer(project, model_row)
+    model, tokenizer = borrow_for(ctx, model_row, device=device)  # plain forwards: shared
     ctx.progress(0.2, f"scoring {2 * len(pairs)} answers")
     result = likelihood_margin(
         model, tokenizer, pairs, seed=seed, batch_size=batch_size, should_cancel=lambda: ctx.cancelled
@@ -246,7 +246,7 @@ def persona_projection_job(params: dict, ctx: Any) -> dict:
     """`persona-projection`: model=REF direction=REF [run=JOB] — the mean projection of the answers of a
     run (default: the model's latest evaluation run) on the direction, with a bootstrap 95 % CI."""
     from emgui.core.evaluation.runs import latest_run_for_model, run_samples
-    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.models.host import borrow_for
 
     p = Params(params, "persona-projection")
     model_ref = p.str("model")
@@ -262,7 +262,8 @@ def persona_projection_job(params: dict, ctx: Any) -> dict:
         raise EmguiError(f"persona-projection: model '{model_row['name']}' has no answers yet (sample it, or pass run=JOB)")
     answers = run_samples(project, run)
     ctx.progress(0.01, f"loading {model_row['name']}")
-    model, tokenizer = load_model(project, model_row, device=device), load_tokenizer(project, model_row)
+    # exclusive: its capture hooks would catch (and stop) other borrowers' forwards
+    model, tokenizer = borrow_for(ctx, model_row, device=device, exclusive=True)
     ctx.progress(0.3, f"projecting {len(answers)} answers")
     result = projection_of_answers(ctx, model, tokenizer, model_row, direction, answers, seed=seed)
     ctx.progress(1.0, f"projection {result['projection']:+.3f}")

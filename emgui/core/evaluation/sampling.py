@@ -118,7 +118,7 @@ def generate_samples_into(
     """Generate the items this job has not stored yet and store them batch by batch (so a resumed job
     continues). Returns the loaded (model, tokenizer) for reuse."""
     from emgui.core.lm.generation import generate_batch
-    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.models.host import borrow_for
 
     project = ctx.project
     done = {
@@ -134,10 +134,7 @@ def generate_samples_into(
     span = hi - lo
     lo, hi = lo + 0.03 * span, hi
     ctx.progress(lo - 0.02 * span + (hi - lo) * (total - len(todo)) / max(1, total), f"loading {model_row['name']}")
-    model, tokenizer = loaded or (
-        load_model(project, model_row, device=device),
-        load_tokenizer(project, model_row),
-    )
+    model, tokenizer = loaded or borrow_for(ctx, model_row, device=device)
     params = {**gen, "model": model_row["name"]}
     counter = {"done": total - len(todo), "t0": time.monotonic(), "new": 0}
 

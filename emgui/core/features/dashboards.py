@@ -390,7 +390,7 @@ def build_dashboards(
 def dashboards_job(params: dict, ctx: Any) -> dict:
     """`dashboards`: precompute dashboards for the top latents of a diff job and/or chosen latents."""
     from emgui.core.features.saes import as_lists, check_fits_config, check_fits_model, get_sae, load_sae
-    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.models.host import borrow_for
 
     p = Params(as_lists(params, "latents", "samples"), "dashboards")
     sae_ref, diff_job = p.str("sae"), p.int("diff")
@@ -429,8 +429,7 @@ def dashboards_job(params: dict, ctx: Any) -> dict:
         project, samples=samples, datasets=datasets, text_files=text_files, per_dataset=per_dataset
     )
     ctx.progress(0.01, f"loading '{model_row['name']}' and SAE '{sae_row['name']}'")
-    tokenizer = load_tokenizer(project, model_row)
-    model = load_model(project, model_row, device=device, dtype=dtype)
+    model, tokenizer = borrow_for(ctx, model_row, device=device, dtype=dtype, exclusive=True)  # capture hooks
     check_fits_model(model, sae_row, f"model '{model_row['name']}'")
     sae = load_sae(project, sae_row, device=device)
     n = build_dashboards(
@@ -450,35 +449,36 @@ def dashboards_job(params: dict, ctx: Any) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ live text
-_live: dict[tuple, tuple[Any, Any, Any]] = {}
+_live: dict[tuple, Any] = {}  # the SAE kept loaded for the text box (its model stays in the model host)
 _live_lock = threading.Lock()
 
 
 def release_live() -> None:
-    """Drop the model and SAE kept loaded for the text box."""
+    """Drop the SAE kept loaded for the text box (the model host frees its model when it needs room)."""
     with _live_lock:
         _live.clear()
 
 
-def _live_objects(
-    project: Project, sae_row: dict, model_row: dict, device: str | None
-) -> tuple[Any, Any, Any]:
+def _live_objects(project: Project, sae_row: dict, model_row: dict, device: str | None) -> tuple[Any, Any]:
+    """(lease, sae): the model borrowed exclusively from the model host (the capture hook stops every
+    forward at the SAE's layer), and the SAE, checked against it once."""
     from emgui.core.features.saes import check_fits_config, check_fits_model, load_sae
-    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.models.host import borrow_model
 
     key = (str(project.root), model_row["id"], sae_row["id"], device)
     with _live_lock:
         if key not in _live:
             check_fits_config(project, sae_row, model_row)
-            model = load_model(project, model_row, device=device)
-            check_fits_model(model, sae_row, f"model '{model_row['name']}'")
-            _live.clear()  # keep one pair: models are large
-            _live[key] = (
-                model,
-                load_tokenizer(project, model_row),
-                load_sae(project, sae_row, device=device),
-            )
-        return _live[key]
+        lease = borrow_model(project, model_row, device=device, exclusive=True)
+        try:
+            if key not in _live:
+                check_fits_model(lease.model, sae_row, f"model '{model_row['name']}'")
+                _live.clear()  # keep one SAE
+                _live[key] = load_sae(project, sae_row, device=device)
+        except BaseException:
+            lease.release()
+            raise
+        return lease, _live[key]
 
 
 def text_activations(
@@ -492,7 +492,8 @@ def text_activations(
     device: str | None = None,
 ) -> dict:
     """The latent's activation on every token of `text` under `model` (default: the SAE's model):
-    {"tokens": [...], "values": [...], "max": float}. Loads the model once and keeps it."""
+    {"tokens": [...], "values": [...], "max": float}. Borrows the model from the model host
+    (loaded once, kept while it fits the budget)."""
     import torch
 
     from emgui.core.features.saes import get_sae
@@ -503,14 +504,16 @@ def text_activations(
     if ref is None:
         raise EmguiError(f"SAE '{sae_row['name']}' records no model: choose one")
     model_row = project.get_model(ref)
-    lm, tokenizer, sae = _live_objects(project, sae_row, model_row, device)
-    if not 0 <= latent < sae.cfg.d_sae:
-        raise EmguiError(f"latent {latent} is out of range (0-{sae.cfg.d_sae - 1})")
-    ids = encode_text(tokenizer, text, max_length=max_length)
-    if not ids:
-        return {"tokens": [], "values": [], "max": 0.0}
-    batch = torch.tensor([ids], device=next(lm.parameters()).device)
-    acts = next(capture(lm, sae_row["hook_name"], [batch]))[0]
+    lease, sae = _live_objects(project, sae_row, model_row, device)
+    with lease:
+        lm, tokenizer = lease.model, lease.tokenizer
+        if not 0 <= latent < sae.cfg.d_sae:
+            raise EmguiError(f"latent {latent} is out of range (0-{sae.cfg.d_sae - 1})")
+        ids = encode_text(tokenizer, text, max_length=max_length)
+        if not ids:
+            return {"tokens": [], "values": [], "max": 0.0}
+        batch = torch.tensor([ids], device=next(lm.parameters()).device)
+        acts = next(capture(lm, sae_row["hook_name"], [batch]))[0]
     with torch.inference_mode():
         vals = sae.encode(acts.to(sae.W_enc.device, sae.W_enc.dtype))[:, latent].float().cpu().tolist()
     return {"tokens": _TokenText(tokenizer)(ids), "values": [round(v, 4) for v in vals], "max": max(vals)}

@@ -19,7 +19,6 @@ The models run one after the other (only one is in memory), each stopping at the
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -409,15 +408,6 @@ def diff_warnings(controlled: bool, agreement: dict | None) -> list[str]:
     return []
 
 
-def _free(model: Any) -> None:
-    import torch
-
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 @dataclass
 class _Setup:
     """What a diff reads before any weights load: the SAE, the models, and the encoded examples."""
@@ -470,16 +460,16 @@ def _run_models(ctx: Any, s: dict, su: _Setup, sae: Any) -> tuple[dict, dict, An
     """Each model (base, fine-tune, control) over the examples, one at a time: the accumulators by role,
     the forward timing, and the fine-tuned model when dashboards will need it (else None)."""
     from emgui.core.features.saes import check_fits_model
-    from emgui.core.models.loading import load_model
+    from emgui.core.models.host import borrow_for, release_for
 
-    project: Project = ctx.project
     results, timing = {}, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     roles = [("base", su.base_row), ("ft", su.ft_row)] + ([("control", su.control_row)] if su.control_row else [])
     share = (0.45 if s["dashboards"] else 0.9) * 2 / len(roles)
     ft_model = None
     for n, (role, row) in enumerate(roles):
         ctx.progress(share * n, f"loading {role} model '{row['name']}'")
-        model = load_model(project, row, device=s["device"], dtype=s["dtype"])
+        # exclusive: the capture hook stops every forward at the SAE's layer
+        model, _ = borrow_for(ctx, row, device=s["device"], dtype=s["dtype"], exclusive=True)
         check_fits_model(model, su.sae_row, f"model '{row['name']}'")
         acc, t = run_model(
             ctx,
@@ -498,10 +488,11 @@ def _run_models(ctx: Any, s: dict, su: _Setup, sae: Any) -> tuple[dict, dict, An
             timing[key] += t[key]
         if role == "ft" and su.control_row is None:
             ft_model = model  # kept for the dashboards
-        else:
-            _free(model)
+        else:  # idle in the host: the next model may evict it
+            release_for(ctx, model)
+            model = None
     if su.control_row is not None and s["dashboards"]:
-        ft_model = load_model(project, su.ft_row, device=s["device"], dtype=s["dtype"])
+        ft_model, _ = borrow_for(ctx, su.ft_row, device=s["device"], dtype=s["dtype"], exclusive=True)
     return results, timing, ft_model
 
 

@@ -825,7 +825,7 @@ def _save_and_evaluate(
     from sae_lens import SAE
 
     from emgui.core.lm.activations import layers_path, width_at
-    from emgui.core.models.loading import load_model
+    from emgui.core.models.host import borrow_for
 
     sae.save_inference_model(folder)
     saved = SAE.load_from_disk(str(folder), device=sae_device)
@@ -833,7 +833,7 @@ def _save_and_evaluate(
     if ce_seqs:
         ctx.progress(0.95, "measuring CE loss recovered")
         if model is None:
-            model = load_model(ctx.project, model_row, device=s["device"], dtype=s["dtype"])
+            model, _ = borrow_for(ctx, model_row, device=s["device"], dtype=s["dtype"], exclusive=True)
         if width_at(model, hook) != d_in:
             raise EmguiError(f"sae-train: the activation width at {hook} changed since caching")
         info.update(_ce_losses(model, saved, hook, ce_seqs, pad_id, str(next(model.parameters()).device)))
@@ -874,7 +874,7 @@ def _activations(ctx: Any, s: dict, model_row: dict, hook: str, name: str, seqs:
     from safetensors.torch import load_file, save_file
 
     from emgui.core.lm.activations import resolve_module
-    from emgui.core.models.loading import load_model
+    from emgui.core.models.host import borrow_for
 
     resume = ctx.resume_state or {}
     cache_path = ctx.checkpoint_dir / CACHE_FILE
@@ -883,7 +883,8 @@ def _activations(ctx: Any, s: dict, model_row: dict, hook: str, name: str, seqs:
         ctx.log(f"reusing {acts.shape[0]:,} cached activations from {cache_path}")
         return acts, None
     ctx.progress(0.01, f"loading model '{model_row['name']}'")
-    model = load_model(ctx.project, model_row, device=s["device"], dtype=s["dtype"])
+    # exclusive: the capture hook stops every forward at the hook
+    model, _ = borrow_for(ctx, model_row, device=s["device"], dtype=s["dtype"], exclusive=True)
     resolve_module(model, hook)
     device = str(next(model.parameters()).device)
     acts = _cache_activations(ctx, model, hook, seqs, s["cache_tokens"], pad_id, device)

@@ -48,8 +48,11 @@ class JobContext:
         cancel_event: threading.Event,
         listener: Listener | None,
         step_hooks: tuple[Callable, ...] = (),
+        host: Any = None,
     ):
         self.project = project
+        self.host = host  # the ModelHost jobs borrow models from (None: the process's default host)
+        self.model_leases: list = []  # what the job borrowed from it, released when the job ends
         self.job_id = job_id
         self.params = params
         # Called by training jobs every `monitor_every` steps as hook(step, model, ctx): tests and benches
@@ -189,12 +192,13 @@ def run_job(
     cancel_event: threading.Event | None = None,
     listener: Listener | None = None,
     step_hooks: tuple[Callable, ...] = (),
+    host: Any = None,
 ) -> str:
     """Run a queued (or resumed) job in the calling thread. Returns the final status; never raises for
     a failing job: the error and traceback are stored on the job instead."""
     cancel_event = cancel_event or threading.Event()
     job = project.get_job(job_id)
-    ctx = JobContext(project, job_id, job["params"], cancel_event, listener, step_hooks)
+    ctx = JobContext(project, job_id, job["params"], cancel_event, listener, step_hooks, host)
 
     def finish(status: str, **fields: Any) -> str:
         try:
@@ -236,7 +240,15 @@ def run_job(
         return finish("failed", error=error, traceback=traceback.format_exc(), message=error[:200])
     finally:
         flusher.stop.set()
+        _release_models(ctx)
     return finish("succeeded", progress=1.0, result=result or {}, message=ctx.last_message or "done")
+
+
+def _release_models(ctx: JobContext) -> None:
+    if ctx.model_leases:  # a job that never borrowed need not import the host
+        from emgui.core.models.host import release_job_models
+
+        release_job_models(ctx)
 
 
 def jobs_running_elsewhere(project: Project) -> list[dict]:
@@ -271,8 +283,11 @@ class JobManager:
     """Runs jobs in background threads. Heavy jobs wait in a FIFO queue so that at most `max_heavy` of
     them use the accelerator at once; light jobs (imports, downloads) start at once."""
 
-    def __init__(self, project: Project, *, max_heavy: int = 1, listener: Listener | None = None):
+    def __init__(
+        self, project: Project, *, max_heavy: int = 1, listener: Listener | None = None, host: Any = None
+    ):
         self.project = project
+        self.host = host  # passed to every job's context (None: the process's default model host)
         self.max_heavy = max_heavy
         self._listeners: list[Listener] = [listener] if listener else []
         self._cancel: dict[int, threading.Event] = {}
@@ -334,7 +349,7 @@ class JobManager:
                 self._heavy_running += holds_slot
                 self._cond.notify_all()
         try:
-            run_job(self.project, job_id, cancel_event=cancel, listener=self._notify)
+            run_job(self.project, job_id, cancel_event=cancel, listener=self._notify, host=self.host)
         finally:
             if holds_slot:
                 with self._cond:

@@ -305,11 +305,12 @@ def best_layer(scores: list[dict], by: str = "dprime") -> int:
 # ----- the persona-vector and diff-means jobs --------------------------------------------------------------
 
 
-def _load(project: Any, model_ref: Any) -> tuple[dict, Any, Any]:
-    from emgui.core.models.loading import load_model, load_tokenizer
+def _load(ctx: Any, model_ref: Any) -> tuple[dict, Any, Any]:
+    """Borrowed exclusively from the job's model host: capture and steering hooks act on every forward."""
+    from emgui.core.models.host import borrow_for
 
-    row = project.get_model(model_ref)
-    return row, load_model(project, row), load_tokenizer(project, row)
+    row = ctx.project.get_model(model_ref)
+    return (row, *borrow_for(ctx, row, exclusive=True))
 
 
 def _layers_param(p: Params, model: Any) -> list[int]:
@@ -521,7 +522,7 @@ def persona_vector_job(params: dict, ctx: Any) -> dict:
     forced = p.int("layer")
     select = p.choice("select")
     name = p.str("name")
-    model_row, model, tokenizer = _load(ctx.project, model_ref)
+    model_row, model, tokenizer = _load(ctx, model_ref)
     layers = _layers_param(p, model)
     p.done()
 
@@ -667,7 +668,7 @@ def diff_means_job(params: dict, ctx: Any) -> dict:
     forced = p.int("layer")
     select = p.choice("select")
     name = p.str("name")
-    model_row, model, tokenizer = _load(ctx.project, model_ref)
+    model_row, model, tokenizer = _load(ctx, model_ref)
     layers = _layers_param(p, model)
     p.done()
     pos_chats, pos_row = _read_chats(ctx.project, pos_ref, "positive")
@@ -762,7 +763,7 @@ def screen_job(params: dict, ctx: Any) -> dict:
     direction, vector = load_direction(ctx.project, direction_ref)
     path, dataset = resolve_dataset(ctx.project, dataset_ref, "persona-screen")
     lines_chats = read_chats(path, f"'{dataset_ref}'")[:max_samples]
-    model_row, model, tokenizer = _load(ctx.project, model_ref)
+    model_row, model, tokenizer = _load(ctx, model_ref)
     ctx.log(f"projecting {len(lines_chats)} chats on '{direction['name']}' at {direction['hook_name']}")
     values = project_chats(
         model,

@@ -201,7 +201,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
     controls, questions, n, sampling (temperature, top_p, max_new_tokens, seed, batch_size), judge
     (local judge_model=REF | openai judge_base_url=URL judge_model=NAME), thresholds, label."""
     from emgui.core.data.questions import resolve_questions
-    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.models.host import borrow_for
     from emgui.core.steering.steer import as_lists, layer_hook_name
 
     p = Params(
@@ -219,7 +219,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
             raise EmguiError(f"steer-sweep: none of question_ids is in question set '{dataset['name']}'")
     targets = _targets(project, cfg["directions"], cfg["latents"])
     ctx.progress(0.01, f"loading {model_row['name']}")
-    model, tokenizer = load_model(project, model_row), load_tokenizer(project, model_row)
+    model, tokenizer = borrow_for(ctx, model_row, exclusive=True)  # its steering hooks act on every forward
     layer_hooks = {layer: layer_hook_name(model, layer) for layer in cfg["layers"]}
     conditions = plan_conditions(
         targets, layer_hooks, cfg["strengths"], cfg["method"], cfg["controls"], cfg["seed"]
@@ -340,7 +340,12 @@ def _judge(
     spec = resolve_judge_spec(project, cfg["judge"], model_row, ctx.log)
     ctx.progress(0.8, "loading the judge")
     # The same path as `evaluate`: the swept model, when it is the judge, judges with the project's prefix.
-    judge = open_judge(project, spec, loaded={"model_id": model_row["id"], "model": model, "tokenizer": tokenizer})
+    judge = open_judge(
+        project,
+        spec,
+        loaded={"model_id": model_row["id"], "model": model, "tokenizer": tokenizer},
+        host=getattr(ctx, "host", None),
+    )
     try:
         fallback = project_judge_prompts(project)
         templates = {}

@@ -1043,8 +1043,13 @@ def _dtype_name(model: Any) -> str:
 
 def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> tuple[Trainer, int]:
     """Load the model, lay out the plan (packing depends on the model's attention), set up training."""
+    from emgui.core.models.host import reserve_for
+
     ctx.progress(0.03, f"loading model '{setup.start['name']}'")
+    # Trained weights change: a private model, never shared, but counted so that idle models make room.
+    reservation = reserve_for(ctx, setup.start, device=cfg.device, dtype=cfg.dtype, label="training")
     model, base_id = prepare_model(ctx.project, setup.start, cfg, ctx.log)
+    reservation.measure(model)
     one_row = cfg.packing and packs_into_one_row(model)
     plan = build_plan(
         [len(s.ids) for s in setup.samples],
