@@ -56,7 +56,8 @@ def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = No
     from emgui.core.jobs import get_kind, run_job
 
     if job_id is None:
-        get_kind(kind)
+        for line in get_kind(kind).check(project, params):  # e.g. the memory estimate; refusals raise
+            _print_err(f"emgui: {line}")
         job_id = project.create_job(kind, params)
     cancel = threading.Event()
     reporter = _StderrReporter()

@@ -35,10 +35,19 @@ class JobKind:
     description: str
     heavy: bool = True  # uses the GPU/CPU hard: at most `max_heavy` such jobs run at once
     resumable: bool = False
+    # "module:function(project, kind, params) -> lines to show": run at submit, before a job row exists;
+    # raising EmguiError refuses the job (e.g. a fine-tune that will not fit in memory)
+    precheck: str = ""
 
     def load(self) -> JobFunction:
         module, _, func = self.target.partition(":")
         return getattr(importlib.import_module(module), func)
+
+    def check(self, project: Project, params: dict) -> list[str]:
+        if not self.precheck:
+            return []
+        module, _, func = self.precheck.partition(":")
+        return list(getattr(importlib.import_module(module), func)(project, self.name, dict(params)))
 
 
 _KINDS: dict[str, JobKind] = {}
@@ -316,7 +325,8 @@ class JobManager:
                 traceback.print_exc()
 
     def submit(self, kind: str, params: dict | None = None) -> int:
-        get_kind(kind)  # unknown kinds fail here, before a row exists
+        # unknown kinds, and jobs their kind's precheck refuses (too big for memory), fail here, before a row exists
+        get_kind(kind).check(self.project, params or {})
         job_id = self.project.create_job(kind, params or {})
         self._start(job_id)
         return job_id

@@ -39,9 +39,10 @@ register_kind(
     JobKind(
         "finetune",
         "emgui.core.training:finetune_job",
-        "Fine-tune a model on a chat dataset (LoRA adapter or full), with checkpoints and resume",
+        "Fine-tune a model on a chat dataset (LoRA, QLoRA or full; on one device or several), with checkpoints and resume",
         heavy=True,
         resumable=True,
+        precheck="emgui.core.training:precheck",
     )
 )
 register_kind(
@@ -51,6 +52,7 @@ register_kind(
         "Re-align a fine-tuned model on a few good chats, saving snapshots at chosen sample counts",
         heavy=True,
         resumable=True,
+        precheck="emgui.core.training:precheck",
     )
 )
 register_kind(

@@ -41,6 +41,7 @@ from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.params import Params
 
 IGNORE = -100
+METHODS = ("lora", "full", "qlora")
 
 # ----- the live-monitor hook point ---------------------------------------------------------------------
 
@@ -87,6 +88,9 @@ class TrainConfig:
     dtype: str = "auto"
     merge: bool = False
     monitor_every: int = 10
+    devices: int = 1  # processes (one per GPU) that train together; batch_size is per device
+    strategy: str = "ddp"  # ddp: a full copy per device | fsdp: the weights sharded across devices
+    memory_check: bool = True  # refuse a job whose estimated memory exceeds the free memory
 
 
 def _as_list(params: dict, key: str) -> None:
@@ -108,7 +112,7 @@ def _int_list(p: Params, key: str, default: Any, kind: str) -> list[int] | None:
 def read_config(p: Params, kind: str) -> TrainConfig:
     """The training parameters both kinds share (finetune adds epochs/max_steps)."""
     cfg = TrainConfig(
-        method=p.choice("method", ("lora", "full"), "lora"),
+        method=p.choice("method", METHODS, "lora"),
         lora_r=p.int("lora_r", 8, min=1),
         lora_alpha=p.float("lora_alpha", 16, min=0),
         lora_dropout=p.float("lora_dropout", 0.0, min=0, max=0.9),
@@ -133,7 +137,12 @@ def read_config(p: Params, kind: str) -> TrainConfig:
         dtype=p.choice("dtype", ("auto", "fp32", "bf16"), "auto"),
         merge=p.bool("merge", False),
         monitor_every=p.int("monitor_every", 10, min=1),
+        devices=p.int("devices", 1, min=1),
+        strategy=p.choice("strategy", ("ddp", "fsdp"), "ddp"),
+        memory_check=p.bool("memory_check", True),
     )
+    if cfg.method == "qlora":
+        cfg.gradient_checkpointing = True  # QLoRA's recipe: the 4-bit base leaves activations as the big part
     targets = p.list("target_modules", "all-linear")
     cfg.target_modules = (
         "all-linear" if targets in (["all-linear"], "all-linear") else [str(t) for t in targets]
@@ -142,6 +151,58 @@ def read_config(p: Params, kind: str) -> TrainConfig:
         cfg.epochs = p.int("epochs", 1, min=1)
         cfg.max_steps = p.int("max_steps", None, min=1)
     return cfg
+
+
+# ----- will it fit? -------------------------------------------------------------------------------------
+
+
+def fit_settings(cfg: TrainConfig) -> Any:
+    """The settings the memory estimate needs, with the device and dtype this job would use."""
+    from emgui.core.device import pick_device
+    from emgui.core.loading import resolve_dtype
+    from emgui.core.memory import FitSettings
+
+    device = pick_device(cfg.device)
+    dtype = str(resolve_dtype(device, cfg.dtype)).replace("torch.", "")
+    return FitSettings(
+        method=cfg.method, dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32"),
+        batch_size=cfg.batch_size, max_len=cfg.max_len, grad_accum=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
+        target_modules=cfg.target_modules, layers=tuple(cfg.layers) if cfg.layers else None,
+        devices=cfg.devices, strategy=cfg.strategy, device_kind=device.split(":")[0],
+    )  # fmt: skip
+
+
+def memory_fit(project: Any, start: dict, cfg: TrainConfig, free: list[float] | None = None) -> Any:
+    """The fit report of training `start` with `cfg` (None when the model's config cannot be read)."""
+    from emgui.core.memory import fit_report, model_shape
+
+    shape = model_shape(project, start)
+    return None if shape is None else fit_report(shape, fit_settings(cfg), free)
+
+
+def check_fit(project: Any, start: dict, cfg: TrainConfig, kind: str) -> str:
+    """The estimate as a line to show; an EmguiError naming settings that would fit when it does not."""
+    report = memory_fit(project, start, cfg)
+    if report is None:
+        return f"memory: no estimate for '{start['name']}' (its config.json is unreadable)"
+    if not report.fits and cfg.memory_check:
+        raise EmguiError(
+            f"{kind}: '{start['name']}' will not fit: {report.text}. {report.advice()}. "
+            "(--param memory_check=false starts it anyway)"
+        )
+    return report.text + ("" if report.fits else " - it may not fit (memory_check=false)")
+
+
+def precheck(project: Any, kind: str, params: dict) -> list[str]:
+    """Run at submit, before a job row exists: bad training parameters and jobs that will not fit are
+    refused here. Returns the lines to show (the memory estimate)."""
+    params = dict(params)
+    _as_list(params, "layers")
+    p = Params(params, kind)
+    cfg = read_config(p, kind)
+    start = project.get_model(p.str("model"))
+    return [check_fit(project, start, cfg, kind)]
 
 
 # ----- data: chats -> token ids and labels ---------------------------------------------------------------
@@ -596,14 +657,22 @@ def _lora_config(cfg: TrainConfig) -> Any:
 
 def prepare_model(project: Any, start: dict, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[Any, int]:
     """The model to train and the id of the base its output will name. An adapter start keeps training
-    that adapter (LoRA) or is merged first (full); a folder start gets a fresh LoRA or trains in full."""
+    that adapter (LoRA, QLoRA) or is merged first (full); a folder start gets a fresh LoRA or trains in full.
+    QLoRA loads the base in 4-bit NF4 (bitsandbytes) and trains a LoRA adapter on it."""
     import torch
 
     from emgui.core.loading import load_model
 
     torch.manual_seed(cfg.seed)  # fresh LoRA A matrices are random: the same seed gives the same start
-    continuing = start["kind"] == "adapter" and cfg.method == "lora"
-    model = load_model(project, start, device=cfg.device, dtype=cfg.dtype, for_training=continuing)
+    continuing = start["kind"] == "adapter" and cfg.method in ("lora", "qlora")
+    quantize = "nf4" if cfg.method == "qlora" else "none"
+    device = _local_device(cfg)
+    model = load_model(
+        project, start, device=device, dtype=cfg.dtype, for_training=continuing, quantize=quantize
+    )
+    if cfg.method == "qlora":
+        _prepare_4bit(model)
+        log(f"base weights in 4-bit NF4 with double quantisation (bitsandbytes), computing in {_dtype_name(model)}")
     if continuing:
         log(f"continuing to train adapter '{start['name']}' (its own LoRA settings apply)")
         return model, start["base_model_id"]
@@ -622,6 +691,27 @@ def prepare_model(project: Any, start: dict, cfg: TrainConfig, log: Callable[[st
         raise EmguiError(f"LoRA settings do not fit model '{start['name']}': {exc}") from exc
     model.train()
     return model, start["id"]
+
+
+def _local_device(cfg: TrainConfig) -> str:
+    """This process's device: with several, each rank takes the GPU torchrun numbered it (LOCAL_RANK)."""
+    import os
+
+    if cfg.devices > 1 and cfg.device in ("auto", "cuda"):
+        from emgui.core.device import pick_device
+
+        if pick_device(cfg.device) == "cuda":
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return cfg.device
+
+
+def _prepare_4bit(model: Any) -> None:
+    """Freeze a 4-bit base for LoRA training. Unlike peft's `prepare_model_for_kbit_training`, embeddings and
+    norms keep the compute dtype (upcasting them to fp32 costs 6 GB for a 152k-token vocabulary), and the
+    trainer's non-reentrant gradient checkpointing needs no input gradients."""
+    for name, param in model.named_parameters():
+        if "lora_" not in name:  # a continued adapter stays trainable
+            param.requires_grad_(False)
 
 
 def _oom_error(exc: BaseException, cfg: TrainConfig, step: int) -> EmguiError | None:
@@ -1070,7 +1160,21 @@ def _inputs(setup: Setup) -> list[dict]:
 
 
 def _dtype_name(model: Any) -> str:
-    return str(next(model.parameters()).dtype).replace("torch.", "")
+    """The dtype the weights compute in (a 4-bit base stores uint8 but computes in its compute dtype)."""
+    hf = _hf_model(model)
+    quant = getattr(hf.config, "quantization_config", None)
+    compute = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
+    if compute is None and isinstance(quant, dict):
+        compute = quant.get("bnb_4bit_compute_dtype")
+    if compute is not None:
+        return str(compute).replace("torch.", "")
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return str(floats[0] if floats else next(model.parameters()).dtype).replace("torch.", "")
+
+
+def _quantize_info(cfg: TrainConfig) -> dict:
+    """A QLoRA adapter records its 4-bit base, so that other jobs load it the way it was trained."""
+    return {"quantize": "nf4"} if cfg.method == "qlora" else {}
 
 
 def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> tuple[Trainer, int]:
@@ -1125,6 +1229,8 @@ def _result(trainer: Trainer, setup: Setup, extra: dict) -> dict:
         "overlong": trainer.cfg.overlong,
         "trainable_params": trainer.n_trainable,
         "fast_loss_path": trainer.loss_fn.fast,
+        "method": trainer.cfg.method,
+        "devices": trainer.cfg.devices,
     }
 
 
@@ -1159,6 +1265,7 @@ def finetune_job(params: dict, ctx: Any) -> dict:
     monitor = read_monitor_params(p)  # the live persona monitor: directions or latents to watch
     p.done()
     start = ctx.project.get_model(model_ref)
+    ctx.log(check_fit(ctx.project, start, cfg, "finetune"))
     name = name or f"{start['name']}-ft-{ctx.job_id}"
     _check_names_free(ctx.project, [name, f"{name}-merged"] if cfg.merge else [name], ctx.job_id)
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "finetune")
@@ -1189,6 +1296,7 @@ def _finish_finetune(
         "finetune_job": ctx.job_id,
         "samples_seen": trainer.state.samples_seen,
         "steps": trainer.state.step,
+        **_quantize_info(cfg),
     }
     model_id = register_output(
         ctx, name=name, kind=kind, folder=folder, base_id=base_id, n_params=n_params, dtype=dtype,
@@ -1196,6 +1304,12 @@ def _finish_finetune(
     )  # fmt: skip
     extra = {"model_id": model_id, "name": name, "kind": kind, "path": str(folder), "probe": probe}
     if cfg.merge and kind == "adapter":
+        if cfg.method == "qlora":  # 4-bit weights cannot take the adapter: merge into the full-precision base
+            from emgui.core.loading import load_model
+
+            trainer.model = model = None
+            model = load_model(ctx.project, ctx.project.get_model(model_id), device=cfg.device,
+                               dtype=cfg.dtype, quantize="none")  # fmt: skip
         merged = model.merge_and_unload()
         mfolder = save_weights(merged, setup.tokenizer, ctx.artifact_dir / "merged", info)
         extra["merged_model_id"] = register_output(
@@ -1259,6 +1373,7 @@ def realign_job(params: dict, ctx: Any) -> dict:
     if too_many:
         raise EmguiError(f"realign: save_at values {too_many} are outside 0..n_samples ({n_samples})")
     start = project.get_model(model_ref)
+    ctx.log(check_fit(project, start, cfg, "realign"))
     name = name or f"{start['name']}-realign-{ctx.job_id}"
     _check_names_free(project, [f"{name}@{c}" for c in counts], ctx.job_id)
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "realign")
@@ -1328,5 +1443,5 @@ def _save_snapshot(
     return register_output(
         ctx, name=name, kind=kind, folder=folder, base_id=base_id, n_params=n_params,
         dtype=_dtype_name(trainer.model), source="realign", inputs=_inputs(setup),
-        info={"realign_job": ctx.job_id, "samples_seen": count, "steps": trainer.state.step},
+        info={"realign_job": ctx.job_id, "samples_seen": count, "steps": trainer.state.step, **_quantize_info(cfg)},
     )  # fmt: skip
