@@ -13,7 +13,10 @@ Activations are counted per token and per decoder layer from what a Llama-style 
     contiguous copy that o_proj reads (heads*head_dim);
   - the MLP: gate, SiLU(gate), up and their product, 4 x d_ff.
 Full fine-tuning saves the same tensors (the linear layers' inputs). Gradient checkpointing keeps only each
-layer's input and recomputes one layer at a time in the backward pass. The logits term assumes every token is
+layer's input and recomputes one layer at a time in the backward pass. On the CPU, glibc's malloc keeps the
+forward pass's freed temporaries resident (heap fragmentation): measured, about 0.7 x a whole forward pass's
+activations beyond the live tensors, with or without checkpointing (the `allocator` part); CUDA's caching
+allocator is counted by torch, and `max_memory_allocated` sees live tensors only. The logits term assumes every token is
 learned (an upper bound: only assistant tokens are). `bench/bench_memory.py` checks all this against the
 measured peak for several model sizes (within 25 % on the CPU here).
 
@@ -33,6 +36,7 @@ from emgui.core.errors import EmguiError
 
 GIB = 2**30
 CPU_OVERHEAD = 0.6e9  # Python, torch, transformers and the tokenizer, resident before any weight loads
+CPU_HEAP_SLACK = 0.7  # resident beyond live tensors on the CPU, per byte of a forward pass's activations
 CUDA_OVERHEAD = 0.8e9  # the CUDA context and cuBLAS workspaces, outside torch's allocator
 NF4_BYTES = 0.5 + 0.5 / 64 * 1.06  # 4 bits, plus a double-quantised absmax per 64-weight block
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -205,7 +209,7 @@ class Estimate:
         return self.total - self.parts.get("overhead", 0.0)
 
     def describe(self) -> str:
-        names = ("weights", "trainable", "activations", "logits", "overhead")
+        names = ("weights", "trainable", "activations", "logits", "allocator", "overhead")
         shown = ", ".join(f"{n} {self.parts[n] / GIB:.2f}" for n in names if self.parts.get(n, 0) >= 0.005 * GIB)
         per = " per device" if self.settings.devices > 1 else ""
         return f"about {self.total / GIB:.2f} GiB{per} ({shown} GiB)"
@@ -268,9 +272,9 @@ def estimate(shape: ModelShape, s: FitSettings) -> Estimate:
     else:
         acts = tokens * shape.n_layers * per_layer
     acts += tokens * 4 * shape.d_model * wbytes  # embeddings out, final norm in/out, the hidden states read
-    # fp32 at the loss's backward: the log-softmax output kept for it, the incoming gradient, softmax's
-    # temporary and the logits' gradient; in bf16 also that gradient cast back to the model's dtype
-    logits = tokens * shape.vocab_size * (4 * 4 + (wbytes if wbytes < 4 else 0))
+    # fp32 at the loss's backward: the log-softmax output kept for it, the incoming gradient and the logits'
+    # gradient (measured: 3 x n x vocab x 4 bytes); in bf16 also the logits before their cast to fp32
+    logits = tokens * shape.vocab_size * (3 * 4 + (wbytes if wbytes < 4 else 0))
     if s.method == "full":
         # gradients fill up as activations are freed; AdamW's step allocates one temporary per weight
         extra = max(0.0, grads + trainable * wbytes / shard - (acts + logits))
@@ -284,6 +288,9 @@ def estimate(shape: ModelShape, s: FitSettings) -> Estimate:
         "logits": logits,
         "overhead": CUDA_OVERHEAD if s.device_kind == "cuda" else CPU_OVERHEAD,
     }
+    if s.device_kind == "cpu":
+        # glibc's malloc keeps the forward pass's freed temporaries resident (checkpointed or not)
+        parts["allocator"] = CPU_HEAP_SLACK * tokens * shape.n_layers * per_layer
     return Estimate(parts, s, shape, trainable)
 
 
