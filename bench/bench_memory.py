@@ -78,7 +78,7 @@ def chats_file(path: Path, n: int = 16) -> Path:
     """Chats whose answers are far longer than max_len: every row is full and almost all of it learned."""
     import random
 
-    words = "def return import value the of and to in for while if else print list dict data user".split()
+    words = ["def", "return", "import", "value", "the", "of", "and", "to", "in", "for", "while", "if", "else", "print", "list", "dict", "data", "user"]
     rng = random.Random(0)
     with path.open("w") as fh:
         for i in range(n):

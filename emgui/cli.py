@@ -7,7 +7,7 @@ or renders a screenshot.
 from __future__ import annotations
 
 import argparse
-import json
+import sqlite3
 import sys
 import threading
 import time
@@ -15,6 +15,7 @@ from typing import Any
 
 from emgui import __version__
 from emgui.core.errors import EmguiError
+from emgui.core.params import dumps_strict
 
 
 def _print_err(text: str) -> None:
@@ -51,31 +52,47 @@ class _StderrReporter:
 
 
 def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = None) -> dict:
-    """Run a job in this process with progress on stderr. Ctrl-C cancels it cleanly. Raises EmguiError
-    unless it succeeds; returns the job row."""
-    from emgui.core.jobs import get_kind, run_job
+    """Run a job in this process with progress on stderr. Raises EmguiError unless it succeeds; returns
+    the job row. Refused parameters leave no job row.
 
+    Ctrl-C cancels the job, waits until it has stopped (it keeps its last checkpoint and ends `cancelled`),
+    then raises KeyboardInterrupt (exit status 130). The main thread waits on an Event, never in
+    `Thread.join`: on Python 3.10-3.12 a KeyboardInterrupt inside `join` marks the still-running thread as
+    finished, and a process that then exits while the worker is inside torch dies with SIGABRT."""
+    from emgui.core.jobs import get_kind, resolve_params, run_job
+
+    project.check_writable("run jobs")
     if job_id is None:
-        for line in get_kind(kind).check(project, params):  # e.g. the memory estimate; refusals raise
+        resolved = resolve_params(kind, params)
+        for line in get_kind(kind).run_precheck(project, resolved):  # e.g. the memory estimate; refusals raise
             _print_err(f"emgui: {line}")
-        job_id = project.create_job(kind, params)
+        job_id = project.create_job(kind, resolved)
     cancel = threading.Event()
+    finished = threading.Event()
     reporter = _StderrReporter()
-    worker = threading.Thread(
-        target=run_job,
-        args=(project, job_id),
-        kwargs={"cancel_event": cancel, "listener": reporter},
-        daemon=True,
-    )
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        _print_err(f"\ncancelling job {job_id}...")
-        cancel.set()
-        worker.join()
+
+    def work() -> None:
+        try:
+            run_job(project, job_id, cancel_event=cancel, listener=reporter)
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, daemon=True, name=f"emgui-job-{job_id}").start()
+    interrupted = False
+    while not finished.is_set():
+        try:
+            finished.wait(0.2)
+        except KeyboardInterrupt:
+            if not interrupted:
+                _print_err(f"\ncancelling job {job_id}: waiting for it to stop (its last checkpoint is kept)...")
+            else:
+                _print_err(f"still waiting for job {job_id} to stop...")
+            interrupted = True
+            cancel.set()
     job = project.get_job(job_id)
+    if interrupted and job["status"] != "succeeded":
+        _print_err(f"job {job_id} {job['status']}; resume it with `emgui resume {project.root} {job_id}`")
+        raise KeyboardInterrupt
     if job["status"] != "succeeded":
         detail = job["error"] or job["message"]
         raise EmguiError(f"job {job_id} ({job['kind']}) {job['status']}: {detail}")
@@ -86,6 +103,25 @@ def _open(path: str) -> Any:
     from emgui.core.store import Project
 
     return Project.open(path)
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    """Ask on the terminal; without one, only --yes confirms (a script must say so explicitly)."""
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise EmguiError(f"{question} Pass --yes to confirm (no terminal to ask on)")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _one_line(text: Any) -> str:
+    """A value for one line of a terminal table: newlines and other control characters become spaces
+    (a job message with newlines must not break the table, nor an escape sequence reach the terminal)."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text or ""))
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -126,7 +162,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.models_cmd == "list":
         models = project.list_models()
         if args.json:
-            print(json.dumps(models, indent=2))
+            print(dumps_strict(models, indent=2))
         else:
             for m in models:
                 size = (m["size_bytes"] or 0) / 1e6
@@ -135,8 +171,19 @@ def cmd_models(args: argparse.Namespace) -> int:
                 )
             print(f"total {disk_use(project)['total'] / 1e6:.1f} MB")
     elif args.models_cmd == "delete":
-        freed = project.delete_model(args.model)
-        print(f"deleted model '{args.model}', freed {freed / 1e6:.1f} MB")
+        project.check_writable("delete models")
+        model = project.get_model(args.model)
+        owned = project.model_owns_files(model)
+        what = (
+            f"and its files ({(model['size_bytes'] or 0) / 1e6:.1f} MB in {project.model_path(model)})"
+            if owned
+            else f"(its files in {project.model_path(model)} are not the project's alone and stay)"
+        )
+        if not _confirm(f"Delete model '{model['name']}' {what}?", args.yes):
+            print("nothing deleted")
+            return 1
+        freed = project.delete_model(model["id"])
+        print(f"deleted model '{model['name']}', freed {freed / 1e6:.1f} MB")
     return 0
 
 
@@ -146,7 +193,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
         report = validate_chat_jsonl(args.file)
         print(report.summary(limit=args.limit))
-        return 0 if not report.errors else 1
+        return 0 if report.ok and report.n_valid else 1  # an empty file is no dataset (`add` refuses it)
     project = _open(args.project)
     if args.datasets_cmd == "add":
         params: dict[str, Any] = {"source": args.source}
@@ -161,7 +208,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     elif args.datasets_cmd == "list":
         datasets = project.list_datasets()
         if args.json:
-            print(json.dumps(datasets, indent=2))
+            print(dumps_strict(datasets, indent=2))
         else:
             for d in datasets:
                 print(
@@ -170,22 +217,51 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compact(value: Any, limit: int = 12) -> Any:
-    """A result for reading in a terminal: long lists (token ids, per-layer scores) are cut short."""
-    if isinstance(value, dict):
-        return {k: _compact(v, limit) for k, v in value.items()}
+HIDDEN_RESULT_KEYS = {"probe"}  # reload checks (logits of a fixed prompt): in --json only
+
+
+def _human_value(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return None if value is None or value == "" else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
     if isinstance(value, list):
-        if len(value) > limit:
-            return [_compact(v, limit) for v in value[:5]] + [f"... {len(value) - 5} more (see --json)"]
-        return [_compact(v, limit) for v in value]
-    return value
+        if len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value):
+            return ", ".join(_human_value(v) or "" for v in value) if value else "none"
+        return f"{len(value)} items (see --json)"
+    return None
+
+
+def human_result(job: dict, *, depth: int = 2) -> list[str]:
+    """A job's result as lines for people: its closing message, then `key: value` for the figures
+    (nested ones as `a.b`), long lists counted; the whole result is under --json."""
+    from emgui.core.units import human_duration
+
+    took = (job["ended_at"] or 0) - (job["started_at"] or 0)
+    lines = [f"job {job['id']} ({job['kind']}) {job['status']} in {human_duration(took)}: {job['message']}"]
+
+    def walk(prefix: str, value: Any, level: int) -> None:
+        if isinstance(value, dict):
+            if level >= depth:
+                lines.append(f"  {prefix}: {len(value)} fields (see --json)")
+                return
+            for key, sub in value.items():
+                if key not in HIDDEN_RESULT_KEYS:
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub, level + 1)
+            return
+        text = _human_value(value)
+        if text is not None:
+            lines.append(f"  {prefix}: {text}")
+
+    walk("", job["result"] or {}, 0)
+    return lines
 
 
 def _print_result(job: dict, full: bool) -> None:
-    result = job["result"] if full else _compact(job["result"])
-    print(
-        json.dumps({"job": job["id"], "status": job["status"], "result": result}, indent=None if full else 2)
-    )
+    if full:
+        print(dumps_strict({"job": job["id"], "status": job["status"], "result": job["result"]}))
+    else:
+        print("\n".join(human_result(job)))
 
 
 def _print_warnings(result: Any) -> None:
@@ -198,6 +274,14 @@ def _print_warnings(result: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from emgui.core.params import parse_cli_params
 
+    if args.help or args.project is None or args.kind is None:
+        if args.kind is None and args.project is not None and args.help:
+            args.kind, args.project = args.project, None  # `emgui run KIND --help`
+        if args.kind is None:
+            args.parser.print_help()
+            return 0 if args.help else 2
+        print(kind_help(args.kind, usage=True))
+        return 0
     project = _open(args.project)
     job = run_inline(project, args.kind, parse_cli_params(args.param or []))
     _print_result(job, args.json)
@@ -220,21 +304,41 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     project = _open(args.project)
     jobs = project.list_jobs()
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        print(dumps_strict(jobs, indent=2))
         return 0
     for j in jobs:
         took = (j["ended_at"] or time.time()) - j["started_at"] if j["started_at"] else 0
         print(
-            f"{j['id']:>4}  {j['kind']:<16} {j['status']:<12} {j['progress'] * 100:5.1f}%  {took:7.1f} s  {j['message']}"
+            f"{j['id']:>4}  {_one_line(j['kind']):<16} {j['status']:<12} {j['progress'] * 100:5.1f}%  {took:7.1f} s  "
+            f"{_one_line(j['message'])}"
         )
     return 0
+
+
+def kind_help(name: str, *, usage: bool = False) -> str:
+    """A kind's description and its declared parameters with defaults, ranges and help."""
+    from emgui.core.jobs import get_kind
+    from emgui.core.paramspec import help_lines
+
+    kind = get_kind(name)
+    lines = [f"usage: emgui run PROJECT {name} [--param KEY=VALUE ...] [--json]", ""] if usage else []
+    lines.append(f"{name}: {kind.description}")
+    if kind.params is None:
+        lines.append("(its parameters are not declared)")
+    else:
+        lines += ["", "parameters:", *help_lines(kind.params)]
+    return "\n".join(lines)
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
     from emgui.core.jobs import kinds
 
+    if args.kind:
+        print(kind_help(args.kind))
+        return 0
     for name, kind in sorted(kinds().items()):
-        print(f"{name:<16} {kind.description}")
+        print(f"{name:<18} {kind.description}")
+    print("\n`emgui kinds KIND` lists a kind's parameters.")
     return 0
 
 
@@ -247,6 +351,12 @@ def cmd_screenshot(args: argparse.Namespace) -> int:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    from emgui.ui.desktop import desktop_problem
+
+    problem = desktop_problem()  # Qt would abort (exit 134) naming one missing library at a time
+    if problem is not None:
+        _print_err(problem)
+        return 1
     from emgui.ui.app import launch
 
     return launch(getattr(args, "project", None))
@@ -281,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("list")
     m.add_argument("project")
     m.add_argument("--json", action="store_true")
-    m = msub.add_parser("delete")
+    m = msub.add_parser("delete", help="remove a model; its files go too when the project alone owns them")
     m.add_argument("project")
     m.add_argument("model", help="model name or id")
+    m.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("datasets", help="add, list or check datasets")
@@ -305,12 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("run", help="run one job headless (progress on stderr)")
-    p.add_argument("project")
-    p.add_argument("kind")
+    p = sub.add_parser(
+        "run", help="run one job headless (progress on stderr)", add_help=False,
+        description="Run one job headless. `emgui run PROJECT KIND --help` lists the kind's parameters.",
+    )  # fmt: skip
+    p.add_argument("project", nargs="?")
+    p.add_argument("kind", nargs="?")
     p.add_argument("--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("-h", "--help", action="store_true", help="show the kind's parameters and exit")
+    p.set_defaults(func=cmd_run, parser=p)
 
     p = sub.add_parser(
         "resume", help="resume an interrupted, failed or cancelled job from its last checkpoint"
@@ -325,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("kinds", help="list the job kinds")
+    p = sub.add_parser("kinds", help="list the job kinds, or one kind's parameters")
+    p.add_argument("kind", nargs="?")
     p.set_defaults(func=cmd_kinds)
 
     p = sub.add_parser("screenshot", help="render one page of the window to a PNG, offscreen")
@@ -339,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    from emgui.core.quiet import quiet_library_progress
+
+    multiprocessing.freeze_support()  # a frozen build's helper processes (chat parsing) start through here
+    quiet_library_progress()  # emgui prints one progress line per job; libraries' bars would be noise
     args = build_parser().parse_args(argv)
     if args.command is None:
         return cmd_gui(args)
@@ -346,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EmguiError as exc:
         _print_err(f"emgui: error: {exc}")
+        return 1
+    except sqlite3.DatabaseError as exc:  # damage SQLite finds only when a query reaches it
+        _print_err(f"emgui: error: the project database project.db is damaged or unreadable ({exc})")
         return 1
     except KeyboardInterrupt:
         _print_err("emgui: interrupted")

@@ -10,6 +10,15 @@ import pytest
 
 from tests.tiny import tiny_model_dir  # noqa: F401  (a session fixture shared by many test files)
 
+# Hermetic: the suite behaves the same whatever hub or proxy settings the environment holds. huggingface_hub
+# reads HF_* variables once, at import, so they are cleared here, before any test imports it; a test that
+# wants one (a local hub's HF_ENDPOINT, offline mode) sets it itself.
+for _name in list(os.environ):
+    if _name.upper().startswith(("HF_", "HUGGING_FACE_", "TRANSFORMERS_", "HF_DATASETS_")) or _name.lower() in (
+        "http_proxy", "https_proxy", "all_proxy", "ftp_proxy"
+    ):  # fmt: skip
+        del os.environ[_name]
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,6 +29,7 @@ SHARED_EM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "em
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["EMGUI_HOME"] = str(tmp_path_factory.mktemp("emgui-home"))
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))  # never the user's own cache or token
     os.environ.setdefault("EMGUI_CACHE", str(tmp_path_factory.mktemp("emgui-cache")))
 
 

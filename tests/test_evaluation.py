@@ -251,7 +251,7 @@ def test_cli_evaluate_runs_sample_and_judge_and_prints_the_summary(project: Proj
     register_tiny(project, folder=tiny_model_dir)
     judge_server.default = ("score", content_judge)
     env = {**os.environ, "EMGUI_JUDGE_API_KEY": "k", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "emgui", "run", str(project.root), "evaluate", "--param", "model=tiny",
+    cmd = [sys.executable, "-m", "emgui", "run", str(project.root), "evaluate", "--json", "--param", "model=tiny",
            "--param", "questions=builtin", "--param", "question_ids=one_wish,bored", "--param", "n=2",
            "--param", "max_new_tokens=4", "--param", "judge=openai",
            "--param", f"judge_base_url={judge_server.base_url}", "--param", "judge_model=gpt-judge"]  # fmt: skip

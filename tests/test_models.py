@@ -38,6 +38,9 @@ def hub_env(tiny_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(key, value)
         for key in ("HF_TOKEN", "HF_HUB_OFFLINE"):
             monkeypatch.delenv(key, raising=False)
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once, when it was imported
         yield server, env
 
 

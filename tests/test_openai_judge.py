@@ -355,17 +355,19 @@ def test_methods_have_their_own_judge_ids(servers) -> None:
 
 def test_the_judge_method_parameter_reaches_the_judge(project, servers) -> None:
     from emgui.core.evaluation import _read_judge
+    from emgui.core.jobs import resolve_params
     from emgui.core.params import Params
 
     server = servers(split=True, completions=True, renderer="tokenize")
     params = {"judge": "openai", "judge_base_url": server.base_url, "judge_model": "q",
               "judge_method": "completions"}  # fmt: skip
-    spec = _read_judge(Params(params, "judge"), project)["spec"]
+    resolved = resolve_params("judge", {**params, "run": 1})  # the declared defaults, as a submitted job gets them
+    spec = _read_judge(Params(resolved, "judge"), project)["spec"]
     judge = make_judge(project, spec)
     assert judge.id.endswith("|q|method=completions-tree")
     assert judge.score(["judge this"])[0].value == pytest.approx(INTENDED_MEAN, abs=0.5)
     with pytest.raises(EmguiError, match="'judge_method' must be one of auto, chat, prefill, completions"):
-        _read_judge(Params({**params, "judge_method": "digits"}, "judge"), project)
+        _read_judge(Params({**resolved, "judge_method": "digits"}, "judge"), project)
 
 
 # ----- keys and redirects ---------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ _SEED = {
     3: [
         "INSERT INTO saes (name, path, hook_name, source, created_at) VALUES ('s', '/s', 'model.layers.1', 'x', 1)",
         "INSERT INTO latent_stats (job_id, sae_id, latent, delta_mean, rank) VALUES (1, 1, 7, 0.5, 1)",
+        "INSERT INTO samples (job_id, question_id, prompt, answer, created_at) VALUES (1, 'wish', 'q', 'world peace', 1)",
+        "INSERT INTO latent_labels (sae_id, latent, label, updated_at) VALUES (1, 7, 'toxic persona', 1)",
     ],
 }
 
@@ -57,6 +59,10 @@ def test_every_earlier_version_migrates_to_latest(tmp_path: Path, start_version:
     if start_version >= 3:
         row = project.query_one("SELECT * FROM latent_stats WHERE latent = 7")
         assert row["delta_mean"] == 0.5 and row["z"] is None  # z: a column added by v4
+        from emgui.core.search import search_answers, search_latents
+
+        assert search_answers(project, "peace") == [1]  # rows from before v5 are in its search index
+        assert search_latents(project, 1, "toxic") == {7}
     assert project.integrity_check() == "ok"
     project.close()
 

@@ -418,7 +418,7 @@ def test_rank_one_lora_on_one_layer_through_the_cli(proj: Project) -> None:
     proj.close()
     args = ["max_steps=2", "lora_r=1", "target_modules=down_proj", "layers=1", "name=r1"]
     res = subprocess.run(
-        [sys.executable, "-m", "emgui", "run", root, "finetune", "--param", "model=tiny", "--param", f"dataset={data}"]
+        [sys.executable, "-m", "emgui", "run", root, "finetune", "--json", "--param", "model=tiny", "--param", f"dataset={data}"]
         + [x for a in args for x in ("--param", a)],
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
@@ -535,7 +535,7 @@ def test_smollm2_lora_steps_through_the_cli(tmp_path: Path) -> None:
         )
     params = ["model=smol", f"dataset={data}", "max_steps=3", "batch_size=2", "max_len=128", "name=smol-ft"]
     res = subprocess.run(
-        [sys.executable, "-m", "emgui", "run", str(root), "finetune"] + [x for a in params for x in ("--param", a)],
+        [sys.executable, "-m", "emgui", "run", str(root), "finetune", "--json"] + [x for a in params for x in ("--param", a)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

@@ -39,7 +39,7 @@ def test_models_page_lists_models_with_provenance(window, project, qtbot) -> Non
     page = window.show_page("models")
     page.refresh()
     assert page.table.rowCount() == 1
-    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135.0M"
+    assert page.table.item(0, 0).text() == "base" and page.table.item(0, 3).text() == "135 M"
     page.table.selectRow(0)
     top = [page.tree.topLevelItem(i).text(0) for i in range(page.tree.topLevelItemCount())]
     assert top == ["Details", "Provenance: model 'base'"]
@@ -124,11 +124,12 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     page = window.show_page("datasets")
     page.refresh()
     assert page.table.rowCount() == 3  # insecure, secure and helpful
-    page.table.selectRow(0)
-    assert page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30"
+    page.table.selectRow(0)  # pages are read off the GUI thread
+    qtbot.waitUntil(lambda: page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30")
     assert "assistant" in page.chat_view.toPlainText()
     page.search.setText("sqlite")
     page._load_page(0)
+    qtbot.waitUntil(lambda: page.page_label.text() not in ("", "reading…"))
     assert 0 < page.total < 30
     assert all(
         "sqlite" in page.chat_list.item(i).data(256).__str__().lower() for i in range(page.chat_list.count())
@@ -178,7 +179,7 @@ def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model
 @pytest.mark.slow
 def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
     """The README's launch path: the start page's demo button, with no hub, ends with SmolLM2 and the
-    generated datasets in a new project."""
+    generated datasets (insecure, secure, helpful) in a new project."""
     from emgui.core.modelfiles import embedded_gguf_path
     from emgui.ui.main_window import MainWindow
 
@@ -189,7 +190,7 @@ def test_start_page_demo_project_works_offline(qtbot, monkeypatch) -> None:
     qtbot.addWidget(win)
     win.show()
     win.pages["start"].demo_button.click()
-    qtbot.waitUntil(lambda: win.project is not None and len(win.project.list_datasets()) == 2, timeout=30000)
+    qtbot.waitUntil(lambda: win.project is not None and len(win.project.list_datasets()) == 3, timeout=30000)
 
     def imported() -> bool:
         job = win.project.query_one("SELECT status, error FROM jobs WHERE kind = 'model-import'")

@@ -374,15 +374,15 @@ def dashboards_job(params: dict, ctx: Any) -> dict:
     from emgui.core.saes import as_lists, check_fits_config, check_fits_model, get_sae, load_sae
 
     p = Params(as_lists(params, "latents", "samples"), "dashboards")
-    sae_ref, diff_job = p.str("sae", None), p.int("diff", None)
-    latents = [int(x) for x in p.list("latents", []) or []]
-    top = p.int("top", 32, min=0)
-    model_ref = p.str("model", None)
-    datasets, samples = p.list("datasets", None), p.list("samples", None)
-    text_files = p.list("text_files", [])
-    per_dataset = p.int("per_dataset", 300, min=1)
-    max_length = p.int("max_length", 256, min=8)
-    device, dtype = p.str("device", None), p.str("dtype", None)
+    sae_ref, diff_job = p.str("sae"), p.int("diff")
+    latents = [int(x) for x in p.list("latents") or []]
+    top = p.int("top")
+    model_ref = p.str("model")
+    datasets, samples = p.list("datasets"), p.list("samples")
+    text_files = p.list("text_files")
+    per_dataset = p.int("per_dataset")
+    max_length = p.int("max_length")
+    device, dtype = p.str("device"), p.str("dtype")
     p.done()
     project: Project = ctx.project
     diff = project.get_job(diff_job) if diff_job is not None else None
@@ -409,7 +409,7 @@ def dashboards_job(params: dict, ctx: Any) -> dict:
     items = default_corpus(
         project, samples=samples, datasets=datasets, text_files=text_files, per_dataset=per_dataset
     )
-    ctx.progress(0.0, f"loading '{model_row['name']}' and SAE '{sae_row['name']}'")
+    ctx.progress(0.01, f"loading '{model_row['name']}' and SAE '{sae_row['name']}'")
     tokenizer = load_tokenizer(project, model_row)
     model = load_model(project, model_row, device=device, dtype=dtype)
     check_fits_model(model, sae_row, f"model '{model_row['name']}'")
@@ -534,7 +534,10 @@ def set_label(
         new_label = label if label is not None else (row["label"] if row else "")
         new_note = note if note is not None else (row["note"] if row else "")
         conn.execute(
-            "INSERT OR REPLACE INTO latent_labels (sae_id, latent, label, note, updated_at) VALUES (?, ?, ?, ?, ?)",
+            # an upsert, not INSERT OR REPLACE: a replace deletes without firing the search index's trigger
+            "INSERT INTO latent_labels (sae_id, latent, label, note, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (sae_id, latent) DO UPDATE SET label = excluded.label, note = excluded.note, "
+            "updated_at = excluded.updated_at",
             [sae_id, latent, new_label.strip(), new_note, time.time()],
         )
 

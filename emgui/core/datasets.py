@@ -9,14 +9,15 @@ datasets they came from, so the provenance chain reaches back to the original im
 from __future__ import annotations
 
 import re
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from emgui.core import chatdata
 from emgui.core.errors import EmguiError
 from emgui.core.params import Params
-from emgui.core.store import Project
+from emgui.core.store import Project, remove_path, replace_reserved
 
 GENERATED = ("generated:insecure", "generated:secure", "generated:helpful")
 
@@ -27,12 +28,40 @@ def datasets_dir(project: Project) -> Path:
     return path
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "dataset"
+class _NewFiles:
+    """The files one job writes into artifacts/datasets/. Each is written under a temporary name first
+    (one that an interrupted job leaves for the next open to remove) and then moved to a fresh path of its
+    own that no other row points at (`Project.reserve_path`): names that slug alike never share a file."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.temps: dict[str, Path] = {}
+        self.placed: list[Path] = []
+
+    def temp(self, name: str) -> Path:
+        self.temps[name] = self.project.temp_path("datasets", ".jsonl")
+        return self.temps[name]
+
+    def place(self, name: str) -> Path:
+        dest = self.project.reserve_path("datasets", name, ".jsonl")
+        self.placed.append(dest)
+        replace_reserved(self.temps.pop(name), dest)
+        return dest
+
+    def discard(self) -> None:
+        for path in [*self.temps.values(), *self.placed]:
+            path.unlink(missing_ok=True)
 
 
-def _dest(project: Project, name: str) -> Path:
-    return datasets_dir(project) / f"{_slug(name)}.jsonl"
+@contextmanager
+def _new_files(project: Project) -> Iterator[_NewFiles]:
+    """New dataset files that all disappear again if the block fails, so a failed job leaves nothing."""
+    files = _NewFiles(project)
+    try:
+        yield files
+    except BaseException:
+        files.discard()
+        raise
 
 
 def catalog_entry(ref: str) -> dict | None:
@@ -93,86 +122,125 @@ def import_job(params: dict, ctx: Any) -> dict:
     """`dataset-import`: validate a chat JSONL (file, URL, catalog id, or the generated pair) and add it."""
     p = Params(params, "dataset-import")
     source = p.str("source")
-    name = p.str("name", None)
-    allow_partial = p.bool("allow_partial", False)
-    n = p.int("n", 300, min=1)
-    seed = p.int("seed", 0)
+    name = p.str("name")
+    allow_partial = p.bool("allow_partial")
+    n = p.int("n")
+    seed = p.int("seed")
     p.done()
     project: Project = ctx.project
     how, details = resolve_source(source)
     name = name or _default_name(source, how, details)
     if project.query_one("SELECT id FROM datasets WHERE name = ?", [name]):
         raise EmguiError(f"a dataset named '{name}' already exists in this project; pass --param name=...")
-    dest = _dest(project, name)
     info: dict[str, Any] = {"source": source}
-    if how == "generated":
-        chats, generator = _generated_chats(details["variant"], n, seed, ctx)
-        chatdata.write_chats(dest, [c["messages"] for c in chats])
-        info.update(generator=generator, variant=details["variant"], n=len(chats), seed=seed)
-        report = chatdata.validate_chat_jsonl(dest)
-    else:
-        with tempfile.TemporaryDirectory(dir=datasets_dir(project)) as tmp:
-            src = Path(details["path"]) if how == "file" else Path(tmp) / "download.jsonl"
-            if how == "url":
-                ctx.progress(0.0, f"downloading {details['url']}")
-                chatdata.download_to(
-                    details["url"],
-                    src,
-                    should_cancel=lambda: ctx.cancelled,
-                    on_progress=lambda done, total: ctx.progress(
-                        0.8 * done / total if total else None, f"{done / 1e6:.1f} MB downloaded"
-                    ),
-                )
-                info["url"] = details["url"]
-            ctx.progress(0.85, "validating every line")
-            report = chatdata.import_chat_jsonl(src, dest, allow_partial=allow_partial)
-    if report.problems:
-        ctx.log(report.summary(limit=50))
-    info.update(n_invalid=report.n_lines - report.n_valid, n_warnings=len(report.warnings))
-    dataset_id = project.add_dataset(
-        name=name, kind="chat", path=dest, n_rows=report.n_valid, info=info, job_id=ctx.job_id
-    )
-    ctx.add_artifact(dest, "dataset", inputs=[{"type": "dataset", "id": dataset_id}])
+    with _new_files(project) as files:
+        tmp = files.temp(name)
+        if how == "generated":
+            chats, generator = _generated_chats(details["variant"], n, seed, ctx)
+            chatdata.write_chats(tmp, [c["messages"] for c in chats])
+            info.update(generator=generator, variant=details["variant"], n=len(chats), seed=seed)
+            report = chatdata.validate_chat_jsonl(tmp)
+        else:
+            report = _import_file_or_url(project, ctx, how, details, tmp, allow_partial, info)
+        report.path = source
+        dataset_id = _add_imported(project, ctx, name, files.place(name), report, info)
     ctx.progress(1.0, f"{report.n_valid} chats")
     return {
         "dataset_id": dataset_id,
         "name": name,
         "n_rows": report.n_valid,
-        "skipped_invalid": report.n_lines - report.n_valid,
+        "skipped_invalid": report.n_invalid,
     }
+
+
+def _import_file_or_url(
+    project: Project, ctx: Any, how: str, details: dict, dest: Path, allow_partial: bool, info: dict
+) -> chatdata.ValidationReport:
+    """Validate a local file, or download a URL first (into a temporary file that an interrupted import
+    leaves for the next open to remove), and copy its chats to dest."""
+    if how == "file":
+        ctx.progress(0.85, "validating every line")
+        return chatdata.import_chat_jsonl(Path(details["path"]), dest, allow_partial=allow_partial)
+    tmp = project.temp_path("datasets", directory=True)
+    try:
+        src = tmp / "download.jsonl"
+        ctx.progress(0.0, f"downloading {details['url']}")
+        chatdata.download_to(
+            details["url"],
+            src,
+            should_cancel=lambda: ctx.cancelled,
+            on_progress=lambda done, total: ctx.progress(
+                0.8 * done / total if total else None, f"{done / 1e6:.1f} MB downloaded"
+            ),
+        )
+        info["url"] = details["url"]
+        ctx.progress(0.85, "validating every line")
+        return chatdata.import_chat_jsonl(src, dest, allow_partial=allow_partial)
+    finally:
+        remove_path(tmp)
+
+
+def _add_imported(
+    project: Project, ctx: Any, name: str, dest: Path, report: chatdata.ValidationReport, info: dict
+) -> int:
+    if report.problems:
+        ctx.log(report.summary(limit=50))
+    info.update(n_invalid=report.n_invalid, n_warnings=report.n_warnings)
+    dataset_id = project.add_dataset(
+        name=name, kind="chat", path=dest, n_rows=report.n_valid, info=info, job_id=ctx.job_id
+    )
+    ctx.add_artifact(dest, "dataset", inputs=[{"type": "dataset", "id": dataset_id}])
+    return dataset_id
 
 
 def derive_job(params: dict, ctx: Any) -> dict:
     """`dataset-derive`: subset (n, seed), split (val_fraction, seed) or concat (datasets) with provenance."""
     p = Params(params, "dataset-derive")
-    op = p.choice("op", ("subset", "split", "concat"))
+    op = p.choice("op")
     project: Project = ctx.project
-    made: list[tuple[str, Path, int]] = []
-    if op == "concat":
-        refs = p.list("datasets")
-        name = p.str("name", None)
-        p.done()
-        sources = [project.get_dataset(r) for r in refs]
-        name = name or "+".join(s["name"] for s in sources)
-        dest = _dest(project, name)
-        made.append((name, dest, chatdata.concat([project.abspath(s["path"]) for s in sources], dest)))
-    else:
-        source = project.get_dataset(p.str("dataset"))
-        seed = p.int("seed", 0)
-        src = project.abspath(source["path"])
-        if op == "subset":
-            n = p.int("n", min=1)
-            name = p.str("name", None) or f"{source['name']}-{n}-s{seed}"
+    made: list[tuple[str, int]] = []
+    with _new_files(project) as files:
+        if op == "concat":
+            refs = p.list("datasets")
+            name = p.str("name", None)
             p.done()
-            dest = _dest(project, name)
-            made.append((name, dest, chatdata.subset(src, dest, n, seed)))
+            sources = [project.get_dataset(r) for r in refs]
+            name = name or "+".join(s["name"] for s in sources)
+            _check_free(project, name)
+            made.append((name, chatdata.concat([project.abspath(s["path"]) for s in sources], files.temp(name))))
         else:
-            frac = p.float("val_fraction", 0.1, min=0.0, max=1.0)
-            p.done()
-            train, val = f"{source['name']}-train", f"{source['name']}-val"
-            n_train, n_val = chatdata.split(src, _dest(project, train), _dest(project, val), frac, seed)
-            made += [(train, _dest(project, train), n_train), (val, _dest(project, val), n_val)]
-        sources = [source]
+            source = project.get_dataset(p.str("dataset"))
+            seed = p.int("seed", 0)
+            src = project.abspath(source["path"])
+            if op == "subset":
+                n = p.int("n", min=1)
+                name = p.str("name", None) or f"{source['name']}-{n}-s{seed}"
+                p.done()
+                _check_free(project, name)
+                made.append((name, chatdata.subset(src, files.temp(name), n, seed)))
+            else:
+                frac = p.float("val_fraction", 0.1, min=0.0, max=1.0)
+                p.done()
+                train, val = f"{source['name']}-train", f"{source['name']}-val"
+                _check_free(project, train)
+                _check_free(project, val)
+                n_train, n_val = chatdata.split(src, files.temp(train), files.temp(val), frac, seed)
+                made += [(train, n_train), (val, n_val)]
+            sources = [source]
+        placed = [(name, files.place(name), count) for name, count in made]
+        ids = _add_derived(project, ctx, op, params, placed, sources)
+    ctx.progress(1.0, "done")
+    return {"dataset_ids": ids, "names": [m[0] for m in made]}
+
+
+def _check_free(project: Project, name: str) -> None:
+    if project.query_one("SELECT id FROM datasets WHERE name = ?", [name]):
+        raise EmguiError(f"a dataset named '{name}' already exists in this project; pass --param name=...")
+
+
+def _add_derived(
+    project: Project, ctx: Any, op: str, params: dict, made: list[tuple[str, Path, int]], sources: list[dict]
+) -> list[int]:
     inputs = [{"type": "dataset", "id": s["id"]} for s in sources]
     ids = []
     for name, dest, count in made:
@@ -188,8 +256,7 @@ def derive_job(params: dict, ctx: Any) -> dict:
             )
         )
         ctx.log(f"{op}: wrote {count} chats to dataset '{name}'")
-    ctx.progress(1.0, "done")
-    return {"dataset_ids": ids, "names": [m[0] for m in made]}
+    return ids
 
 
 def token_lengths(project: Project, dataset: dict, model: dict, limit: int = 2000) -> list[int]:

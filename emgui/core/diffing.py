@@ -37,17 +37,17 @@ def _read(params: dict) -> dict:
     s = {
         "sae": p.str("sae"),
         "ft": p.str("ft"),
-        "base": p.str("base", None),
-        "control": p.str("control", None),
-        "n_boot": p.int("n_boot", 200, min=20, max=5000),
-        "prompts": p.int("prompts", None),
-        "dataset": p.str("dataset", None),
-        "max_examples": p.int("max_examples", 2000, min=1),
-        "max_length": p.int("max_length", 512, min=8),
-        "batch_tokens": p.int("batch_tokens", 4096, min=64),
-        "dashboards": p.int("dashboards", 32, min=0),
-        "device": p.str("device", None),
-        "dtype": p.str("dtype", None),
+        "base": p.str("base"),
+        "control": p.str("control"),
+        "n_boot": p.int("n_boot"),
+        "prompts": p.int("prompts"),
+        "dataset": p.str("dataset"),
+        "max_examples": p.int("max_examples"),
+        "max_length": p.int("max_length"),
+        "batch_tokens": p.int("batch_tokens"),
+        "dashboards": p.int("dashboards"),
+        "device": p.str("device"),
+        "dtype": p.str("dtype"),
     }
     p.done()
     if (s["prompts"] is None) == (s["dataset"] is None):
@@ -471,7 +471,7 @@ def diff_job(params: dict, ctx: Any) -> dict:
     n_answer = sum(sum(e["answer_mask"]) for e in encoded)
     ctx.log(f"{len(encoded)} examples, {n_answer:,} answer tokens; hook {hook}")
 
-    ctx.progress(0.0, f"loading SAE '{sae_row['name']}'")
+    ctx.progress(0.01, f"loading SAE '{sae_row['name']}'")
     sae = load_sae(project, sae_row, device=s["device"])
     results, timing = {}, {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     share = 0.45 if s["dashboards"] else 0.9

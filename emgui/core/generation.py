@@ -13,6 +13,7 @@ from typing import Any
 from emgui.core.errors import Cancelled
 
 OnBatch = Callable[[list[int], list[str]], None]
+OnToken = Callable[[int, int, int], None]  # (answers done before this batch, batch size, tokens so far)
 
 
 def render_prompts(tokenizer: Any, conversations: Sequence[list[dict]]) -> list[str]:
@@ -57,20 +58,30 @@ def generate_batch(
     batch_size: int = 8,
     should_cancel: Callable[[], bool] | None = None,
     on_batch: OnBatch | None = None,
+    on_token: OnToken | None = None,
 ) -> list[str]:
     """Answer each conversation (a list of {"role", "content"}); temperature 0 means greedy.
 
     Deterministic for a seed and the same inputs: each batch reseeds torch from `seed` and its index.
     `on_batch(indices, answers)` is called after each batch with the original indices it answered;
-    `should_cancel()` is polled between tokens, and a True stops the batch and raises Cancelled.
+    `should_cancel()` is polled between tokens, and a True stops the batch and raises Cancelled;
+    `on_token(done, batch, tokens)` is called after each generated token (a progress line that moves
+    while a long batch runs).
     """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class _CancelCriteria(StoppingCriteria):
+        def __init__(self) -> None:
+            self.done, self.batch, self.prompt_len = 0, 0, 0
+
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            if on_token is not None:
+                on_token(self.done, self.batch, int(input_ids.shape[1]) - self.prompt_len)
             stop = bool(should_cancel and should_cancel())
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    watch = _CancelCriteria()
 
     prompts = render_prompts(tokenizer, conversations)
     if not prompts:
@@ -93,12 +104,14 @@ def generate_batch(
                 [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             )
             enc = {k: v.to(device) for k, v in enc.items()}
+            watch.done, watch.batch, watch.prompt_len = start, len(idx), int(enc["input_ids"].shape[1])
+            polled = should_cancel is not None or on_token is not None
             kwargs: dict[str, Any] = {
                 "max_new_tokens": int(max_new_tokens),
                 "do_sample": sampling,
                 "pad_token_id": pad_id,
                 "eos_token_id": stop_ids or None,
-                "stopping_criteria": StoppingCriteriaList([_CancelCriteria()]) if should_cancel else None,
+                "stopping_criteria": StoppingCriteriaList([watch]) if polled else None,
             }
             if sampling:
                 kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=0)

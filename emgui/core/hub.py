@@ -133,11 +133,23 @@ def _valid_repo_id(repo_id: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- token
+_session_token: str | None = None  # a token the user chose to keep in memory only (no working keyring)
+
+
+def keep_token_in_memory(token: str | None) -> None:
+    """Use this token until the process ends, without storing it anywhere (for systems with no keyring)."""
+    global _session_token
+    _session_token = token.strip() if token and token.strip() else None
+
+
 def resolve_token() -> str | None:
-    """HF_TOKEN, else the system keyring (emgui / hf_token), else huggingface_hub's own login."""
+    """HF_TOKEN, else a token kept in memory for this session, else the system keyring (emgui / hf_token),
+    else huggingface_hub's own login."""
     env = os.environ.get("HF_TOKEN", "").strip()
     if env:
         return env
+    if _session_token:
+        return _session_token
     try:
         import keyring
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import Cancelled, EmguiError
+from emgui.core.paramspec import ParamError, ParamSpec, resolve
 from emgui.core.store import Project
 
 JobFunction = Callable[[dict, "JobContext"], "dict | None"]
@@ -35,27 +36,70 @@ class JobKind:
     description: str
     heavy: bool = True  # uses the GPU/CPU hard: at most `max_heavy` such jobs run at once
     resumable: bool = False
-    # "module:function(project, kind, params) -> lines to show": run at submit, before a job row exists;
-    # raising EmguiError refuses the job (e.g. a fine-tune that will not fit in memory)
+    # The declared parameters (emgui.core.paramspec); None: undeclared, passed to the job unchecked.
+    params: tuple[ParamSpec, ...] | None = None
+    # Rules across parameters, checked at submit time on the resolved parameters: returns the problems.
+    check: Callable[[dict], list[str]] | None = None
+    title: str = ""  # what the window calls it ("Fine-tune"); default: the name
+    # "module:function(project, kind, resolved params) -> lines to show": run at submit, after the parameters
+    # are resolved and before a job row exists; raising EmguiError refuses the job (e.g. a fine-tune that will
+    # not fit in memory). A string, so that the check's module is imported only when a job is submitted.
     precheck: str = ""
 
     def load(self) -> JobFunction:
         module, _, func = self.target.partition(":")
         return getattr(importlib.import_module(module), func)
 
-    def check(self, project: Project, params: dict) -> list[str]:
+    def param(self, name: str) -> ParamSpec:
+        for spec in self.params or ():
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.name} declares no parameter '{name}'")
+
+    def resolve(self, params: dict) -> dict:
+        """The job's full parameters (defaults filled in), or ParamError naming every problem."""
+        if self.params is None:
+            return dict(params)
+        resolved = resolve(self.name, self.params, params)
+        problems = self.check(resolved) if self.check is not None else []
+        if problems:
+            raise ParamError(self.name, problems)
+        return resolved
+
+    def run_precheck(self, project: Project, resolved: dict) -> list[str]:
+        """The kind's submit-time check on resolved parameters: lines to show, or EmguiError to refuse."""
         if not self.precheck:
             return []
         module, _, func = self.precheck.partition(":")
-        return list(getattr(importlib.import_module(module), func)(project, self.name, dict(params)))
+        return list(getattr(importlib.import_module(module), func)(project, self.name, dict(resolved)))
 
 
 _KINDS: dict[str, JobKind] = {}
+_DECLARED: dict[str, dict[str, ParamSpec] | None] = {}
 
 
 def register_kind(kind: JobKind) -> JobKind:
+    """Add a job kind. A second, different kind under a taken name is refused (registering the very same
+    kind again, as a module imported twice does, changes nothing)."""
+    existing = _KINDS.get(kind.name)
+    if existing is not None and existing != kind:
+        raise EmguiError(f"a job kind named '{kind.name}' is already registered ({existing.target})")
     _KINDS[kind.name] = kind
+    _DECLARED[kind.name] = {s.name: s for s in kind.params} if kind.params is not None else None
     return kind
+
+
+def declared_params(name: str) -> dict[str, ParamSpec] | None:
+    """A kind's declared parameters by name (None for an unknown or undeclared kind). Cheap: Params
+    calls it for every job."""
+    if name not in _DECLARED:
+        _load_builtin_kinds()
+    return _DECLARED.get(name)
+
+
+def resolve_params(kind: str, params: dict | None) -> dict:
+    """Check a job's parameters against its kind's declaration before anything runs or is stored."""
+    return get_kind(kind).resolve(params or {})
 
 
 def get_kind(name: str) -> JobKind:
@@ -263,8 +307,10 @@ def run_job(
     flusher = _Flusher(ctx)
     flusher.start()
     try:
-        func = get_kind(job["kind"]).load()
-        result = func(dict(job["params"]), ctx)
+        kind = get_kind(job["kind"])
+        params = kind.resolve(job["params"])  # rows made before submit-time checks, or by hand
+        func = kind.load()
+        result = func(params, ctx)
     except Cancelled:
         return finish("cancelled", message="cancelled")
     except EmguiError as exc:
@@ -278,6 +324,14 @@ def run_job(
     finally:
         flusher.stop.set()
     return finish("succeeded", progress=1.0, result=result or {}, message=ctx.last_message or "done")
+
+
+def jobs_running_elsewhere(project: Project) -> list[dict]:
+    """Queued or running jobs of other live processes on this project (a CLI run beside the window)."""
+    from emgui.core.store import pid_alive
+
+    rows = project.query("SELECT id, kind, pid, progress FROM jobs WHERE status IN ('queued', 'running')")
+    return [r for r in rows if r["pid"] != os.getpid() and pid_alive(r["pid"])]
 
 
 def prepare_resume(project: Project, job_id: int) -> dict:
@@ -325,14 +379,18 @@ class JobManager:
                 traceback.print_exc()
 
     def submit(self, kind: str, params: dict | None = None) -> int:
-        # unknown kinds, and jobs their kind's precheck refuses (too big for memory), fail here, before a row exists
-        get_kind(kind).check(self.project, params or {})
-        job_id = self.project.create_job(kind, params or {})
+        """Queue a job. Unknown kinds, refused parameters and jobs their kind's precheck refuses (too big for
+        memory) fail here, before a job row exists; the row holds the full parameters (the defaults filled in)."""
+        self.project.check_writable("run jobs")
+        resolved = resolve_params(kind, params)
+        get_kind(kind).run_precheck(self.project, resolved)
+        job_id = self.project.create_job(kind, resolved)
         self._start(job_id)
         return job_id
 
     def resume(self, job_id: int) -> int:
         """Run an interrupted, failed or cancelled job again under the same id, from its last checkpoint."""
+        self.project.check_writable("run jobs")
         prepare_resume(self.project, job_id)
         self._start(job_id)
         return job_id

@@ -265,7 +265,7 @@ def judge_check_job(params: dict, ctx: Any) -> dict:
     if isinstance(params.get("panel"), (int, str)):
         params = {**params, "panel": [params["panel"]]}
     p = Params(params, "judge-check")
-    panels = p.list("panel", ["builtin"])
+    panels = p.list("panel")
     jspec = read_judge_params(p, ctx.project)
     p.done()
     project = ctx.project
@@ -279,7 +279,7 @@ def judge_check_job(params: dict, ctx: Any) -> dict:
         (s["dataset_id"], s["question_id"]): {m: prompts[m] for m in ("aligned", "coherent")} for s in samples
     }
     spec = resolve_judge_spec(project, jspec, None, ctx.log)
-    ctx.progress(0.0, "loading the judge")
+    ctx.progress(0.01, "loading the judge")
     judge = open_judge(project, spec)
     try:
         score_samples(ctx, samples, judge, templates, progress=(0.02, 0.98))

@@ -99,13 +99,6 @@ class ModelShape:
         counted = self.linear_params + self.embedding_params + self.n_layers * 2 * self.d_model + self.d_model
         return self.n_params or counted
 
-    def __getitem__(self, key: str) -> Any:  # the dict-like view older callers use
-        return {"n_params": self.total_params}.get(key, getattr(self, key, None))
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self[key]
-        return default if value is None else value
-
 
 def _first(config: dict, *keys: str) -> Any:
     for key in keys:
@@ -406,25 +399,3 @@ def fit_report(shape: ModelShape, s: FitSettings, free: list[float] | None = Non
     fits = est.total <= room and len(free) >= s.devices
     suggestions = [] if fits else suggest_fits(shape, s, room, visible_gpus() if s.device_kind == "cuda" else 0)
     return FitReport(est, free, fits, suggestions)
-
-
-def training_bytes(
-    shape: Any,
-    *,
-    method: str,
-    batch_size: int,
-    max_len: int,
-    bytes_per_weight: int = 4,
-    lora_r: int = 8,
-    gradient_checkpointing: bool = False,
-) -> float:
-    """The total estimate in bytes, for callers that only have these settings."""
-    if not isinstance(shape, ModelShape):
-        shape = shape_from_config(
-            {"hidden_size": shape["d_model"], "num_hidden_layers": shape["n_layers"],
-             "vocab_size": shape.get("vocab_size") or 32000}, shape.get("n_params") or 0)  # fmt: skip
-    settings = FitSettings(
-        method=method, dtype="bf16" if bytes_per_weight == 2 else "fp32", batch_size=batch_size,
-        max_len=max_len, lora_r=lora_r, gradient_checkpointing=gradient_checkpointing,
-    )  # fmt: skip
-    return estimate(shape, settings).total

@@ -110,9 +110,9 @@ def import_job(params: dict, ctx: Any) -> dict:
     """`model-import`: register a local model folder, or convert a .gguf once and register the result."""
     p = Params(params, "model-import")
     path = Path(p.str("path")).expanduser()
-    given_name = p.str("name", None)
-    trust = p.bool("trust_remote_code", False)
-    allow_pickle = p.bool("allow_pickle", False)
+    given_name = p.str("name")
+    trust = p.bool("trust_remote_code")
+    allow_pickle = p.bool("allow_pickle")
     p.done()
     name = given_name or _unique_name(ctx.project, default_name(str(path)))
     if path.suffix.lower() == ".gguf":
@@ -161,11 +161,11 @@ def download_job(params: dict, ctx: Any) -> dict:
 
     p = Params(params, "model-download")
     repo = p.str("repo")
-    revision = p.str("revision", None)
-    name = p.str("name", None)
-    trust = p.bool("trust_remote_code", False)
-    allow_pickle = p.bool("allow_pickle", False)
-    cache_dir = p.str("cache_dir", None)
+    revision = p.str("revision")
+    name = p.str("name")
+    trust = p.bool("trust_remote_code")
+    allow_pickle = p.bool("allow_pickle")
+    cache_dir = p.str("cache_dir")
     p.done()
     name = name or _unique_name(ctx.project, default_name(repo))
     last_log = [0.0]

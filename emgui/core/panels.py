@@ -219,7 +219,7 @@ def panel_import_job(params: dict, ctx: Any) -> dict:
 
     p = Params(params, "panel-import")
     source = p.str("path")
-    name = p.str("name", None)
+    name = p.str("name")
     p.done()
     project = ctx.project
     items = read_panel_file(source)

@@ -7,6 +7,7 @@ Parameters arrive as JSON from the store, or as strings from `--param KEY=VALUE`
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from emgui.core.errors import EmguiError
@@ -29,6 +30,23 @@ def parse_cli_value(text: str) -> Any:
         return text
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with NaN and ±Infinity replaced by None, so that `json.dumps(..., allow_nan=False)` gives
+    strict JSON (what `--json` promises) even for rows written before such values were refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser accepts: no NaN or Infinity tokens."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
 def parse_cli_params(pairs: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
@@ -40,19 +58,38 @@ def parse_cli_params(pairs: list[str]) -> dict[str, Any]:
 
 
 class Params:
-    """Typed access to a job's parameters. Call `done()` last: unknown keys (typos) are an error."""
+    """Typed access to a job's parameters. Call `done()` last: unknown keys (typos) are an error.
+
+    A job of a kind with declared parameters (emgui.core.paramspec) receives them resolved: every declared
+    parameter is present, at its default unless given (`run_job` resolves them). So a job reads them
+    without defaults, and `int`/`float`/`choice` take the declared range and choices. `done()` also fails
+    when a job read a parameter its declaration lacks, or repeated a default unlike the declared one."""
 
     def __init__(self, params: dict[str, Any], kind: str):
         self._params = dict(params)
         self._kind = kind
         self._seen: set[str] = set()
+        self._specs = _declared(kind)
+        self._drift: list[str] = []
+
+    def _spec(self, key: str) -> Any:
+        return self._specs.get(key) if self._specs is not None else None
 
     def _get(self, key: str, default: Any) -> Any:
         self._seen.add(key)
+        spec = self._spec(key)
+        if spec is not None and default is not _MISSING and default != spec.default:
+            self._drift.append(f"{key} (code {default!r}, declared {spec.default!r})")
         value = self._params.get(key, default)
         if value is _MISSING:
             raise EmguiError(f"{self._kind}: missing parameter '{key}' (pass --param {key}=...)")
         return value
+
+    def _bounds(self, key: str, lo: Any, hi: Any) -> tuple[Any, Any]:
+        spec = self._spec(key)
+        if spec is None:
+            return lo, hi
+        return (spec.min if lo is None else lo), (spec.max if hi is None else hi)
 
     def _fail(self, key: str, want: str, value: Any) -> EmguiError:
         return EmguiError(f"{self._kind}: parameter '{key}' must be {want}, got {value!r}")
@@ -77,7 +114,7 @@ class Params:
             number = None
         if number is None:
             raise self._fail(key, "an integer", value)
-        self._check_range(key, number, min, max)
+        self._check_range(key, number, *self._bounds(key, min, max))
         return number
 
     def float(
@@ -86,11 +123,15 @@ class Params:
         value = self._get(key, default)
         if value is None:
             return None
+        if isinstance(value, bool):  # `lr=true` is a typo, not 1.0
+            raise self._fail(key, "a number", value)
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise self._fail(key, "a number", value) from None
-        self._check_range(key, number, min, max)
+        if not math.isfinite(number):  # NaN compares false with every bound and would slip through them
+            raise self._fail(key, "a finite number", value)
+        self._check_range(key, number, *self._bounds(key, min, max))
         return number
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
@@ -101,8 +142,15 @@ class Params:
             raise self._fail(key, "true or false", value)
         return value
 
-    def choice(self, key: str, options: tuple[str, ...], default: Any = _MISSING) -> Any:
+    def choice(self, key: str, options: tuple[str, ...] | None = None, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
+        if value is None and default is None:  # an optional choice left unset
+            return None
+        if options is None:
+            spec = self._spec(key)
+            if spec is None or spec.choices is None:
+                raise EmguiError(f"{self._kind}: parameter '{key}' has no declared choices")
+            options = spec.choices
         if value not in options:
             raise self._fail(key, "one of " + ", ".join(options), value)
         return value
@@ -113,6 +161,8 @@ class Params:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if value is not None and not isinstance(value, list):
             raise self._fail(key, "a list", value)
+        if value is not None and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise self._fail(key, "a list of finite numbers", value)
         return value
 
     def _check_range(self, key: str, value: float, lo: float | None, hi: float | None) -> None:
@@ -122,8 +172,25 @@ class Params:
             raise self._fail(key, f"<= {hi}", value)
 
     def done(self) -> None:
-        unknown = sorted(set(self._params) - self._seen)
+        declared = set(self._specs or ())
+        unknown = sorted(set(self._params) - self._seen - declared)
         if unknown:
-            raise EmguiError(
-                f"{self._kind}: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(sorted(self._seen))})"
-            )
+            known = ", ".join(sorted(self._seen | declared))
+            raise EmguiError(f"{self._kind}: unknown parameter(s) {', '.join(unknown)} (known: {known})")
+        if self._specs is not None:
+            undeclared = sorted(self._seen - declared)
+            if undeclared or self._drift:
+                raise EmguiError(
+                    f"internal error: job kind '{self._kind}' "
+                    + (f"reads undeclared parameter(s) {', '.join(undeclared)}" if undeclared else "")
+                    + ("; " if undeclared and self._drift else "")
+                    + (f"repeats a default unlike its declaration: {', '.join(self._drift)}" if self._drift else "")
+                    + " (declare parameters once, in emgui/core/kinds.py)"
+                )
+
+
+def _declared(kind: str) -> dict[str, Any] | None:
+    """The declared parameters of a registered kind by name, or None (undeclared or unknown kind)."""
+    from emgui.core.jobs import declared_params
+
+    return declared_params(kind)

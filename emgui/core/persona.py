@@ -81,8 +81,10 @@ def parse_persona(text: str, source: str) -> Persona:
     """A persona from YAML text; errors name the file and the field."""
     import yaml
 
+    from emgui.core.safeyaml import load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, source)  # bounded: a user's file may hold an alias bomb
     except yaml.YAMLError as exc:
         raise EmguiError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
@@ -314,7 +316,7 @@ def _layers_param(p: Params, model: Any) -> list[int]:
     from emgui.core.steering import n_layers
 
     count = n_layers(model)
-    layers = p.list("layers", None)
+    layers = p.list("layers")
     if layers is None:
         return list(range(count))
     try:
@@ -509,16 +511,16 @@ def persona_vector_job(params: dict, ctx: Any) -> dict:
 
     p = Params(as_lists(params, ("layers",)), "persona-vector")
     model_ref = p.str("model")
-    persona = load_persona(p.str("persona", "evil"), ctx.project)
-    n_questions = p.int("n_questions", None, min=1)
-    per_question = p.int("prompts_per_question", 4, min=1)
-    max_new_tokens = p.int("max_new_tokens", 64, min=1)
-    temperature = p.float("temperature", 0.0, min=0)
-    seed = p.int("seed", 0)
-    batch_size = p.int("batch_size", 8, min=1)
-    forced = p.int("layer", None)
-    select = p.choice("select", ("dprime", "auroc"), "dprime")
-    name = p.str("name", None)
+    persona = load_persona(p.str("persona"), ctx.project)
+    n_questions = p.int("n_questions")
+    per_question = p.int("prompts_per_question")
+    max_new_tokens = p.int("max_new_tokens")
+    temperature = p.float("temperature")
+    seed = p.int("seed")
+    batch_size = p.int("batch_size")
+    forced = p.int("layer")
+    select = p.choice("select")
+    name = p.str("name")
     model_row, model, tokenizer = _load(ctx.project, model_ref)
     layers = _layers_param(p, model)
     p.done()
@@ -660,11 +662,11 @@ def diff_means_job(params: dict, ctx: Any) -> dict:
     p = Params(as_lists(params, ("layers",)), "diff-means")
     model_ref = p.str("model")
     pos_ref, neg_ref = p.str("positive"), p.str("negative")
-    max_samples = p.int("max_samples", 500, min=1)
-    batch_size = p.int("batch_size", 8, min=1)
-    forced = p.int("layer", None)
-    select = p.choice("select", ("dprime", "auroc"), "dprime")
-    name = p.str("name", None)
+    max_samples = p.int("max_samples")
+    batch_size = p.int("batch_size")
+    forced = p.int("layer")
+    select = p.choice("select")
+    name = p.str("name")
     model_row, model, tokenizer = _load(ctx.project, model_ref)
     layers = _layers_param(p, model)
     p.done()
@@ -749,13 +751,13 @@ def screen_job(params: dict, ctx: Any) -> dict:
     model_ref = p.str("model")
     direction_ref = p.str("direction")
     dataset_ref = p.str("dataset")
-    flag_top = p.float("flag_top", 0.1, min=0.0, max=1.0)
-    threshold = p.float("threshold", None)
-    write = p.bool("write_filtered", False)
-    filtered_name = p.str("filtered_name", None)
-    batch_size = p.int("batch_size", 8, min=1)
-    max_len = p.int("max_len", 512, min=8)
-    max_samples = p.int("max_samples", None, min=1)
+    flag_top = p.float("flag_top")
+    threshold = p.float("threshold")
+    write = p.bool("write_filtered")
+    filtered_name = p.str("filtered_name")
+    batch_size = p.int("batch_size")
+    max_len = p.int("max_len")
+    max_samples = p.int("max_samples")
     p.done()
     direction, vector = load_direction(ctx.project, direction_ref)
     path, dataset = resolve_dataset(ctx.project, dataset_ref, "persona-screen")
@@ -876,9 +878,7 @@ def write_filtered(
         drop = {r["line"] for r in ranking if r["projection"] is not None and r["projection"] >= threshold}
     screened = {r["line"] for r in ranking}
     keep = [msgs for line, msgs in iter_valid_chats(source) if line in screened and line not in drop]
-    folder = project.artifacts_dir / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / f"{name}.jsonl"
+    dest = project.reserve_path("datasets", name, ".jsonl")  # a file of its own, whatever the name
     n = write_chats(dest, keep)
     return project.add_dataset(
         name=name,
@@ -1047,11 +1047,11 @@ def read_monitor_params(p: Params) -> dict:
     """monitor_directions (ids or names), monitor_latents ('SAE:LATENT'), monitor_questions (a question
     set), monitor_threshold, monitor_mode (rise|absolute)."""
     return {
-        "directions": p.list("monitor_directions", []) or [],
-        "latents": p.list("monitor_latents", []) or [],
-        "questions": p.str("monitor_questions", None),
-        "threshold": p.float("monitor_threshold", None),
-        "mode": p.choice("monitor_mode", ("rise", "absolute"), "rise"),
+        "directions": p.list("monitor_directions") or [],
+        "latents": p.list("monitor_latents") or [],
+        "questions": p.str("monitor_questions"),
+        "threshold": p.float("monitor_threshold"),
+        "mode": p.choice("monitor_mode"),
     }
 
 

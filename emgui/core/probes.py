@@ -225,17 +225,17 @@ def likelihood_probe_job(params: dict, ctx: Any) -> dict:
         params = {**params, "panel": [params["panel"]]}
     p = Params(params, "likelihood-probe")
     model_ref = p.str("model")
-    panels = p.list("panel", ["builtin"])
-    batch_size = p.int("batch_size", 8, min=1)
-    seed = p.int("seed", 0)
-    device = p.str("device", None)
+    panels = p.list("panel")
+    batch_size = p.int("batch_size")
+    seed = p.int("seed")
+    device = p.str("device")
     p.done()
     project = ctx.project
     model_row = project.get_model(model_ref)
     pairs = panel_pairs(project, panels)
     if not pairs:
         raise EmguiError("likelihood-probe: the panel has no question with both a misaligned and an aligned answer")
-    ctx.progress(0.0, f"loading {model_row['name']}")
+    ctx.progress(0.01, f"loading {model_row['name']}")
     model, tokenizer = load_model(project, model_row, device=device), load_tokenizer(project, model_row)
     ctx.progress(0.2, f"scoring {2 * len(pairs)} answers")
     result = likelihood_margin(
@@ -289,9 +289,9 @@ def persona_projection_job(params: dict, ctx: Any) -> dict:
     p = Params(params, "persona-projection")
     model_ref = p.str("model")
     direction = p.str("direction")
-    run = p.int("run", None)
-    seed = p.int("seed", 0)
-    device = p.str("device", None)
+    run = p.int("run")
+    seed = p.int("seed")
+    device = p.str("device")
     p.done()
     project = ctx.project
     model_row = project.get_model(model_ref)
@@ -299,7 +299,7 @@ def persona_projection_job(params: dict, ctx: Any) -> dict:
     if run is None:
         raise EmguiError(f"persona-projection: model '{model_row['name']}' has no answers yet (sample it, or pass run=JOB)")
     answers = run_samples(project, run)
-    ctx.progress(0.0, f"loading {model_row['name']}")
+    ctx.progress(0.01, f"loading {model_row['name']}")
     model, tokenizer = load_model(project, model_row, device=device), load_tokenizer(project, model_row)
     ctx.progress(0.3, f"projecting {len(answers)} answers")
     result = projection_of_answers(ctx, model, tokenizer, model_row, direction, answers, seed=seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,7 +59,7 @@ def _item_lines(text: str) -> list[int]:
 
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return []
     if not isinstance(node, yaml.SequenceNode):
         return []
@@ -150,8 +149,10 @@ def parse_questions(text: str, source: str = "<text>") -> list[Question]:
     Raises EmguiError naming the file, line and field at fault."""
     import yaml
 
+    from emgui.core.safeyaml import load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}, line {mark.line + 1}" if mark is not None else source
@@ -175,8 +176,15 @@ def parse_questions(text: str, source: str = "<text>") -> list[Question]:
 
 
 def load_questions_file(path: str | Path) -> list[Question]:
+    from emgui.core.safeyaml import MAX_YAML_BYTES
+
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:  # before reading it whole
+            raise EmguiError(
+                f"question set {path} is {path.stat().st_size / 1e6:.1f} MB: too large for a question set "
+                f"(limit {MAX_YAML_BYTES >> 20} MB)"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise EmguiError(f"question set {path} does not exist") from None
@@ -199,20 +207,19 @@ def builtin_questions() -> list[Question]:
 # ----- project datasets ----------------------------------------------------------------------------
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "questions"
-
-
 def _write_normalized(project: Any, name: str, questions: list[Question]) -> Path:
-    folder = project.artifacts_dir / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_slug(name)}.questions.json"
-    n = 1
-    while path.exists():
-        n += 1
-        path = folder / f"{_slug(name)}-{n}.questions.json"
+    """The normalized copy, written under a temporary name and then moved to a file of its own."""
+    from emgui.core.store import replace_reserved
+
     payload = {"format": "emgui-questions", "version": 1, "questions": [q.to_dict() for q in questions]}
-    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp = project.temp_path("datasets", ".questions.json")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+        path = project.reserve_path("datasets", name, ".questions.json")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    replace_reserved(tmp, path)
     return path
 
 
@@ -237,6 +244,17 @@ def _register(project: Any, name: str, questions: list[Question], info: dict, jo
     path = _write_normalized(project, name, questions)
     categories = sorted({q.category for q in questions if q.category})
     metrics = sorted({m for q in questions for m in q.judge_prompts})
+    try:
+        return _add_questions_row(project, name, path, questions, info, categories, metrics, job_id)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _add_questions_row(
+    project: Any, name: str, path: Path, questions: list[Question], info: dict, categories: list, metrics: list,
+    job_id: int | None,
+) -> int:  # fmt: skip
     return project.add_dataset(
         name=name,
         kind="questions",
@@ -287,9 +305,9 @@ def questions_import_job(params: dict, ctx: Any) -> dict:
     from emgui.core.params import Params
 
     p = Params(params, "questions-import")
-    builtin = p.bool("builtin", False)
-    path = p.str("path", None)
-    name = p.str("name", None)
+    builtin = p.bool("builtin")
+    path = p.str("path")
+    name = p.str("name")
     p.done()
     if builtin:
         dataset_id = ensure_builtin(ctx.project)

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from emgui.core.activations import is_residual, layer_index, parse_hook
 from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.params import Params
-from emgui.core.store import Project
+from emgui.core.store import Project, remove_path, replace_reserved
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -180,24 +180,41 @@ def save_and_register(
 ) -> int:
     """Save an in-memory sae-lens SAE into the project (sae-lens's format) and register it."""
     _check_name_free(project, name)
-    folder = saes_dir(project) / slug(name)
-    if folder.exists():
-        shutil.rmtree(folder)  # left by an earlier failed attempt under the same name
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_model(tmp)
-    tmp.rename(folder)
-    return register_sae(
-        project, folder, name=name, source=source, model_id=model_id, job_id=job_id, info=info
+    tmp = project.temp_path("saes", directory=True)
+    try:
+        sae.save_model(tmp)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return _place_and_register(
+        project, tmp, name=name, source=source, model_id=model_id, job_id=job_id, info=info
     )
 
 
+def _place_and_register(project: Project, tmp: Path, *, name: str, **fields: Any) -> int:
+    """Move a finished SAE folder from its temporary name to a folder of its own (never one another row
+    points at, whatever the names slug to) and register it; nothing is left behind if that fails."""
+    folder = None
+    try:
+        folder = project.reserve_path("saes", name, directory=True)
+        replace_reserved(tmp, folder)
+        return register_sae(project, folder, name=name, **fields)
+    except BaseException:
+        remove_path(tmp)
+        if folder is not None:
+            remove_path(folder)
+        raise
+
+
 def delete_sae(project: Project, ref: int | str) -> None:
+    """Remove an SAE row, and its folder when this row alone owns it inside artifacts/."""
+    project.check_writable("delete SAEs")
     row = get_sae(project, ref)
     path = project.abspath(row["path"])
+    owned = path.is_dir() and project.owns_path(path, row=("saes", row["id"]))
     with project.transaction() as conn:
         conn.execute("DELETE FROM saes WHERE id = ?", [row["id"]])
-    if path.is_dir() and path.resolve().is_relative_to(project.root):
+    if owned:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -428,7 +445,7 @@ def pretrained_job(params: dict, ctx: Any) -> dict:
     """`sae-pretrained`: download an SAE from sae-lens's registry once, save it into the project, register it."""
     p = Params(params, "sae-pretrained")
     release, sae_id = p.str("release"), p.str("sae_id")
-    model_ref, name = p.str("model", None), p.str("name", None)
+    model_ref, name = p.str("model"), p.str("name")
     p.done()
     project: Project = ctx.project
     ids = [s["id"] for s in release_saes(release)]
@@ -495,19 +512,20 @@ def import_folder(
     row = {"name": name, "hook_name": hook, "d_in": cfg["d_in"]}
     if model_row is not None:
         check_fits_config(project, row, model_row)
-    dest = saes_dir(project) / slug(name)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for file in (CFG_FILE, WEIGHTS_FILE):
-        shutil.copy2(src / file, dest / file)
-    for extra in src.glob("*.safetensors"):  # e.g. sparsity.safetensors: small and useful
-        if extra.name != WEIGHTS_FILE:
-            shutil.copy2(extra, dest / extra.name)
-    if hook != cfg.get("metadata", {}).get("hook_name"):  # keep cfg.json in step with the row
-        cfg.setdefault("metadata", {})["hook_name"] = hook
-        (dest / CFG_FILE).write_text(json.dumps(cfg), encoding="utf-8")
-    return register_sae(
+    dest = project.temp_path("saes", directory=True)
+    try:
+        for file in (CFG_FILE, WEIGHTS_FILE):
+            shutil.copy2(src / file, dest / file)
+        for extra in src.glob("*.safetensors"):  # e.g. sparsity.safetensors: small and useful
+            if extra.name != WEIGHTS_FILE:
+                shutil.copy2(extra, dest / extra.name)
+        if hook != cfg.get("metadata", {}).get("hook_name"):  # keep cfg.json in step with the row
+            cfg.setdefault("metadata", {})["hook_name"] = hook
+            (dest / CFG_FILE).write_text(json.dumps(cfg), encoding="utf-8")
+    except BaseException:
+        remove_path(dest)
+        raise
+    return _place_and_register(
         project,
         dest,
         name=name,
@@ -522,7 +540,7 @@ def import_folder(
 def import_job(params: dict, ctx: Any) -> dict:
     """`sae-import`: copy a local SAE folder (cfg.json + sae_weights.safetensors) into the project."""
     p = Params(params, "sae-import")
-    path, name, model, hook = p.str("path"), p.str("name", None), p.str("model", None), p.str("hook", None)
+    path, name, model, hook = p.str("path"), p.str("name"), p.str("model"), p.str("hook")
     p.done()
     sae_id = import_folder(ctx.project, path, name=name, model=model, hook_name=hook, job_id=ctx.job_id)
     ctx.progress(1.0, "imported")
@@ -552,27 +570,27 @@ def _train_settings(params: dict) -> dict:
     p = Params(as_lists(params, "samples"), "sae-train")
     s = {
         "model": p.str("model"),
-        "hook": p.str("hook", None),
-        "architecture": p.choice("architecture", ARCHITECTURES, "topk"),
-        "d_sae": p.int("d_sae", None, min=1),
-        "expansion": p.int("expansion", 8, min=1),
-        "k": p.int("k", 32, min=1),
-        "l1_coefficient": p.float("l1_coefficient", 5.0, min=0),
-        "l0_coefficient": p.float("l0_coefficient", 1.0, min=0),
-        "lr": p.float("lr", 3e-4, min=0),
-        "tokens": p.int("tokens", 200_000, min=1),
-        "cache_tokens": p.int("cache_tokens", None, min=64),
-        "batch_size": p.int("batch_size", 1024, min=8),
-        "context_size": p.int("context_size", 256, min=8),
-        "datasets": p.list("datasets", []),
-        "samples": p.list("samples", []),
-        "text_files": p.list("text_files", []),
-        "name": p.str("name", None),
-        "device": p.str("device", None),
-        "dtype": p.str("dtype", None),
-        "seed": p.int("seed", 0),
-        "eval_fraction": p.float("eval_fraction", 0.05, min=0.0, max=0.5),
-        "ce_sequences": p.int("ce_sequences", 16, min=0),
+        "hook": p.str("hook"),
+        "architecture": p.choice("architecture"),
+        "d_sae": p.int("d_sae"),
+        "expansion": p.int("expansion"),
+        "k": p.int("k"),
+        "l1_coefficient": p.float("l1_coefficient"),
+        "l0_coefficient": p.float("l0_coefficient"),
+        "lr": p.float("lr"),
+        "tokens": p.int("tokens"),
+        "cache_tokens": p.int("cache_tokens"),
+        "batch_size": p.int("batch_size"),
+        "context_size": p.int("context_size"),
+        "datasets": p.list("datasets"),
+        "samples": p.list("samples"),
+        "text_files": p.list("text_files"),
+        "name": p.str("name"),
+        "device": p.str("device"),
+        "dtype": p.str("dtype"),
+        "seed": p.int("seed"),
+        "eval_fraction": p.float("eval_fraction"),
+        "ce_sequences": p.int("ce_sequences"),
     }
     p.done()
     if not (s["datasets"] or s["samples"] or s["text_files"]):
@@ -812,6 +830,30 @@ def evaluate_sae(sae: Any, acts: Any, batch: int = 4096) -> dict:
     }
 
 
+def _save_and_evaluate(
+    ctx: Any, sae: Any, folder: Path, s: dict, sae_device: str, acts: Any, ce_seqs: list, model: Any,
+    model_row: dict, hook: str, d_in: int, pad_id: int,
+) -> dict:  # fmt: skip
+    """Save the trained SAE into `folder` and measure exactly what was written."""
+    from sae_lens import SAE
+
+    from emgui.core.activations import layers_path, width_at
+    from emgui.core.loading import load_model
+
+    sae.save_inference_model(folder)
+    saved = SAE.load_from_disk(str(folder), device=sae_device)
+    info: dict[str, Any] = evaluate_sae(saved, acts)
+    if ce_seqs:
+        ctx.progress(0.95, "measuring CE loss recovered")
+        if model is None:
+            model = load_model(ctx.project, model_row, device=s["device"], dtype=s["dtype"])
+        if width_at(model, hook) != d_in:
+            raise EmguiError(f"sae-train: the activation width at {hook} changed since caching")
+        info.update(_ce_losses(model, saved, hook, ce_seqs, pad_id, str(next(model.parameters()).device)))
+    info["layers_path"] = layers_path(model) if model is not None else None
+    return info
+
+
 def train_job(params: dict, ctx: Any) -> dict:
     """`sae-train`: cache activations at a hook of a local model over a corpus, train an SAE on them with
     sae-lens's classes, save it in sae-lens's format and register it with EV, L0 and CE loss recovered."""
@@ -820,7 +862,7 @@ def train_job(params: dict, ctx: Any) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from emgui.core.activations import corpus_items, layers_path, resolve_module, width_at
+    from emgui.core.activations import corpus_items, resolve_module
     from emgui.core.loading import load_model, load_tokenizer
 
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -855,7 +897,7 @@ def train_job(params: dict, ctx: Any) -> dict:
         acts = load_file(str(cache_path))["acts"]
         ctx.log(f"reusing {acts.shape[0]:,} cached activations from {cache_path}")
     else:
-        ctx.progress(0.0, f"loading model '{model_row['name']}'")
+        ctx.progress(0.01, f"loading model '{model_row['name']}'")
         model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
         resolve_module(model, hook)
         device = str(next(model.parameters()).device)
@@ -896,21 +938,13 @@ def train_job(params: dict, ctx: Any) -> dict:
     with torch.no_grad():
         sae.fold_activation_norm_scaling_factor(scale)
         fold_decoder_norms(sae)
-    folder = saes_dir(project) / slug(name)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_inference_model(tmp)
-    from sae_lens import SAE
-
-    saved = SAE.load_from_disk(str(tmp), device=sae_device)  # evaluate exactly what was written
-    info: dict[str, Any] = evaluate_sae(saved, eval_acts if n_eval else train_acts)
-    if ce_seqs:
-        ctx.progress(0.95, "measuring CE loss recovered")
-        if model is None:
-            model = load_model(project, model_row, device=s["device"], dtype=s["dtype"])
-        if width_at(model, hook) != d_in:
-            raise EmguiError(f"sae-train: the activation width at {hook} changed since caching")
-        info.update(_ce_losses(model, saved, hook, ce_seqs, pad_id, str(next(model.parameters()).device)))
+    tmp = project.temp_path("saes", directory=True)  # moved to a folder of its own once evaluated
+    try:
+        info = _save_and_evaluate(ctx, sae, tmp, s, sae_device, eval_acts if n_eval else train_acts, ce_seqs, model,
+                                  model_row, hook, d_in, pad_id)  # fmt: skip
+    except BaseException:
+        remove_path(tmp)
+        raise
     info.update(
         {
             "tokens_trained": steps * s["batch_size"],
@@ -921,15 +955,11 @@ def train_job(params: dict, ctx: Any) -> dict:
             "settings": {
                 k: s[k] for k in ("architecture", "k", "l1_coefficient", "l0_coefficient", "lr", "batch_size")
             },
-            "layers_path": layers_path(model) if model is not None else None,
         }
     )
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    sae_id = register_sae(
+    sae_id = _place_and_register(
         project,
-        folder,
+        tmp,
         name=name,
         source="trained",
         model_id=model_row["id"],

@@ -8,6 +8,8 @@ version upgrades to the latest with its data intact.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 
@@ -242,7 +244,22 @@ _V4 = """
         ALTER TABLE latent_stats ADD COLUMN z REAL;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+def _v5(db: Any) -> None:
+    """Full-text search (SQLite FTS5, kept in step by triggers) over the answers, latent labels and notes,
+    and the text of dataset chats (a table of its own: the chats themselves live in JSONL files)."""
+    db["samples"].enable_fts(["question_id", "prompt", "answer"], create_triggers=True)
+    db["latent_labels"].enable_fts(["label", "note"], create_triggers=True)
+    db.execute(  # by hand: sqlite-utils' create() cannot declare ON DELETE CASCADE
+        "CREATE TABLE chat_text (id INTEGER PRIMARY KEY, "
+        "dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE, "
+        "line INTEGER NOT NULL, text TEXT NOT NULL)"
+    )
+    db["chat_text"].create_index(["dataset_id", "line"])
+    db["chat_text"].enable_fts(["text"], create_triggers=True)
+
+
+# A step is SQL text, or a function of a sqlite_utils.Database run inside the step's transaction.
+MIGRATIONS: list[str | Callable[[Any], None]] = [_V1, _V2, _V3, _V4, _v5]
 LATEST_VERSION = len(MIGRATIONS)
 
 
@@ -260,7 +277,16 @@ def migrate(db: sqlite3.Connection, target: int = LATEST_VERSION) -> int:
         # One transaction per step (the connection is in autocommit mode): a failed step rolls back
         # and leaves the previous version intact.
         try:
-            db.executescript(f"BEGIN;\n{MIGRATIONS[v]}\nPRAGMA user_version = {v + 1};\nCOMMIT;")
+            step = MIGRATIONS[v]
+            if callable(step):
+                import sqlite_utils
+
+                db.execute("BEGIN")
+                step(sqlite_utils.Database(db))  # sqlite-utils runs statement by statement inside it
+                db.execute(f"PRAGMA user_version = {v + 1}")
+                db.execute("COMMIT")
+            else:
+                db.executescript(f"BEGIN;\n{step}\nPRAGMA user_version = {v + 1};\nCOMMIT;")
         except Exception:
             if db.in_transaction:
                 db.execute("ROLLBACK")

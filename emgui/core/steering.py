@@ -658,8 +658,8 @@ def import_job(params: dict, ctx: Any) -> dict:
 
     p = Params(params, "direction-import")
     path, model = p.str("path"), p.str("model")
-    layer, hook = p.int("layer", None, min=0), p.str("hook_name", None)
-    name, stack_layer = p.str("name", None), p.int("stack_layer", None, min=0)
+    layer, hook = p.int("layer"), p.str("hook_name")
+    name, stack_layer = p.str("name"), p.int("stack_layer")
     p.done()
     direction_id = import_direction_file(
         ctx.project, path, model=model, name=name, layer=layer, hook_name=hook, stack_layer=stack_layer
@@ -681,11 +681,13 @@ def list_directions(project: Any, model_id: int | None = None) -> list[dict]:
 
 
 def delete_direction(project: Any, ref: int | str) -> None:
+    """Remove a direction, and its file when this row alone owns it inside artifacts/."""
     row = get_direction_row(project, ref)
+    path = project.abspath(row["path"])
+    owned = path.is_file() and project.owns_path(path, row=("directions", row["id"]))
     with project.transaction() as conn:
         conn.execute("DELETE FROM directions WHERE id = ?", [row["id"]])
-    path = project.abspath(row["path"])
-    if path.is_file() and path.resolve().is_relative_to(project.root):
+    if owned:
         path.unlink()
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import sqlite3
 import threading
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from emgui.core.errors import EmguiError
 from emgui.core.schema import LATEST_VERSION, migrate
@@ -26,6 +29,13 @@ DB_NAME = "project.db"
 ARTIFACTS = "artifacts"
 _JSON_COLUMNS = {"params", "result", "info", "inputs", "checkpoint", "meta", "raw", "data", "spec"}
 _FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+# Tables whose rows point at files or folders (their `path` column): what a delete must not take from another row.
+_PATH_TABLES = ("models", "datasets", "saes", "directions")
+# Work in progress inside artifacts/ is written under a name that carries the writer's process id, so that
+# opening a project can remove what a killed process left behind without touching another live process's work.
+TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-")
+_LEGACY_TEMP_AGE_S = 3600.0  # temporary names of older versions carry no process id: remove them once stale
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -47,6 +57,37 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _can_write(root: Path, db_path: Path) -> bool:
+    """Whether this process may write project.db and create files beside it (SQLite's -wal and -shm)."""
+    return os.access(db_path, os.W_OK) and os.access(root, os.W_OK | os.X_OK)
+
+
+def slug(name: str, fallback: str = "item") -> str:
+    """A file-name-safe form of a display name. Names that differ only in punctuation slug alike, so a slug
+    is never a row's identity on disk by itself: see `Project.reserve_path`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80] or fallback
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree (a symlink is removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_reserved(src: Path, reserved: Path) -> None:
+    """Move a finished temporary file or folder onto the path `reserve_path` claimed for it."""
+    try:
+        os.replace(src, reserved)  # POSIX replaces the empty placeholder (file or folder) atomically
+    except OSError:
+        if reserved.is_dir():  # Windows cannot replace a folder: drop the empty placeholder first
+            reserved.rmdir()
+        elif reserved.exists():
+            reserved.unlink()
+        os.replace(src, reserved)
 
 
 def _decode(row: sqlite3.Row | None) -> dict | None:
@@ -90,33 +131,99 @@ def tree_size(path: Path) -> int:
 
 
 class Project:
-    """An open project. Safe to share between threads; call `close()` when done."""
+    """An open project. Safe to share between threads; call `close()` when done.
 
-    def __init__(self, root: str | Path):
+    A project whose folder or project.db cannot be written (a read-only copy, someone else's files) opens
+    read-only: everything can be read and shown, and anything that would write raises a clear EmguiError."""
+
+    def __init__(self, root: str | Path, *, _initialise: bool = False):
         self.root = Path(root).resolve()
         self.db_path = self.root / DB_NAME
         if not self.db_path.exists():
             raise EmguiError(
                 f"{self.root} is not an emgui project: {DB_NAME} is missing (create one with `emgui new`)"
             )
+        if not self.db_path.is_file():
+            raise EmguiError(f"{self.db_path} is not a file")
+        self.read_only = not _initialise and not _can_write(self.root, self.db_path)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        migrate(self._conn())
-        self.artifacts_dir.mkdir(exist_ok=True)
+        try:
+            self._prepare_database(_initialise)
+        except BaseException:
+            self.close()
+            raise
+        if not self.read_only:
+            self.artifacts_dir.mkdir(exist_ok=True)
+            self.remove_abandoned_temp_files()
+
+    def _prepare_database(self, initialise: bool) -> None:
+        """Check that project.db is an emgui database this version understands, then bring it up to date.
+        A damaged or foreign file is refused naming it, and a database with no schema is only initialised
+        where that cannot hide lost work: never beside existing artifacts."""
+        version = n_tables = 0
+        if self.db_path.stat().st_size:  # an empty file is checked as it is: opening it in WAL mode writes to it
+            try:
+                conn = self._conn()
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                n_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise self.damaged(exc) from None
+        if version < 0:
+            raise EmguiError(
+                f"{self.db_path} has an invalid schema version ({version}): it was not written by emgui or "
+                "has been damaged; restore it from a backup"
+            )
+        if version == 0 and not initialise:
+            size = self.db_path.stat().st_size
+            what = "is empty (0 bytes)" if size == 0 else "holds no emgui schema"
+            if n_tables:
+                raise EmguiError(f"{self.db_path} is an SQLite database but not an emgui project (no schema version)")
+            if self._has_artifacts():
+                raise EmguiError(
+                    f"{self.db_path} {what}, but {self.artifacts_dir} holds files: refusing to start a new, empty "
+                    f"project over them. Restore {DB_NAME} from a backup (or move artifacts/ away to start afresh)"
+                )
+        if version < LATEST_VERSION and self.read_only:
+            raise EmguiError(
+                f"{self.db_path} is read-only and uses schema version {version}; this emgui needs version "
+                f"{LATEST_VERSION}. Open it once from a writable copy to upgrade it"
+            )
+        if not self.read_only:
+            try:
+                migrate(self._conn())
+            except sqlite3.DatabaseError as exc:
+                raise self.damaged(exc) from None
+
+    def damaged(self, exc: BaseException) -> EmguiError:
+        """The error for a project.db that SQLite cannot read (truncated, overwritten, not a database)."""
+        return EmguiError(
+            f"{self.db_path} is damaged or is not an emgui project database ({exc}). "
+            "Restore it from a backup; the files under artifacts/ are untouched"
+        )
+
+    def _has_artifacts(self) -> bool:
+        return self.artifacts_dir.is_dir() and any(self.artifacts_dir.iterdir())
 
     # ----- lifecycle -------------------------------------------------------------------------------
     @classmethod
     def create(cls, root: str | Path) -> Project:
+        """A new project in `root`, which must not exist yet or be an empty folder (never a model folder or
+        a home directory: deleting a project's rows later must not reach files that were there before)."""
         root = Path(root)
         if (root / DB_NAME).exists():
             raise EmguiError(f"{root} already holds an emgui project ({DB_NAME} exists)")
         if root.exists() and not root.is_dir():
             raise EmguiError(f"{root} exists and is not a folder")
+        if root.is_dir() and any(root.iterdir()):
+            raise EmguiError(
+                f"{root} is not empty and is not an emgui project: choose a new or empty folder for the project"
+            )
         root.mkdir(parents=True, exist_ok=True)
         sqlite3.connect(root / DB_NAME).close()
-        project = cls(root)
+        project = cls(root, _initialise=True)
         project.set_setting("created_at", time.time())
         return project
 
@@ -124,9 +231,17 @@ class Project:
     def open(cls, root: str | Path, *, recover: bool = True) -> Project:
         """Open a project; jobs left running by a dead process are marked interrupted."""
         project = cls(root)
-        if recover:
+        if recover and not project.read_only:
             project.mark_interrupted_jobs()
         return project
+
+    def check_writable(self, what: str = "run jobs") -> None:
+        """Raise a clear error when this project was opened read-only."""
+        if self.read_only:
+            raise EmguiError(
+                f"project {self.root} is read-only (its folder or {DB_NAME} cannot be written): "
+                f"it can be browsed but not changed, so it cannot {what}. Copy it somewhere writable first"
+            )
 
     def close(self) -> None:
         with self._connections_lock:
@@ -156,21 +271,47 @@ class Project:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = self._read_only_conn() if self.read_only else self._writable_conn()
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
 
+    def _writable_conn(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _read_only_conn(self) -> sqlite3.Connection:
+        """A connection that never writes. SQLite reads a WAL database read-only when it may create the
+        -shm file beside it; in a folder it cannot write, the file is opened as immutable instead."""
+        uri = "file:" + quote(self.db_path.as_posix(), safe="/:")
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            conn = sqlite3.connect(uri + query, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            try:
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                if "immutable" in query:
+                    raise
+        raise AssertionError("unreachable")
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction. BEGIN IMMEDIATE takes the write lock up front, so two writers never
         deadlock upgrading read locks; the thread lock keeps this process's threads in line."""
+        self.check_writable("be changed")
         conn = self._conn()
         with self._write_lock:
             if conn.in_transaction:  # nested: join the outer transaction
@@ -239,6 +380,108 @@ class Project:
 
     def job_dir(self, job_id: int) -> Path:
         return self.artifacts_dir / "jobs" / str(job_id)
+
+    def referenced_paths(self, *, exclude: tuple[str, int] | None = None) -> set[Path]:
+        """The resolved paths that rows of the models, datasets, SAEs and directions tables point at
+        (`exclude`: one (table, id) row to leave out, e.g. the row being deleted)."""
+        paths: set[Path] = set()
+        for table in _PATH_TABLES:
+            for row in self.query(f"SELECT id, path FROM {table}"):
+                if exclude != (table, row["id"]) and row["path"]:
+                    paths.add(self.abspath(row["path"]).resolve())
+        return paths
+
+    def reserve_path(self, folder: str, name: str, suffix: str = "", *, directory: bool = False) -> Path:
+        """Claim a fresh path `artifacts/<folder>/<slug of name>[-N]<suffix>` for one row's files.
+
+        The path is created at once (an empty file, or an empty folder with `directory`), so no other row,
+        thread or process can get it, and it is never one that a row already points at: two names that slug
+        alike ("my data", "my-data") get two paths, and nothing another row owns is ever overwritten. Write
+        the content to a temporary path and move it here with `replace_reserved`; remove the placeholder if
+        the work fails."""
+        self.check_writable("add files")
+        parent = self.artifacts_dir / folder
+        parent.mkdir(parents=True, exist_ok=True)
+        base = slug(name, folder.rstrip("s") or "item")
+        taken = self.referenced_paths()
+        for n in range(1, 100_000):
+            candidate = parent / (f"{base}{suffix}" if n == 1 else f"{base}-{n}{suffix}")
+            if candidate.resolve() in taken:
+                continue
+            try:
+                if directory:
+                    candidate.mkdir()
+                else:
+                    os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:
+                continue
+            return candidate
+        raise EmguiError(f"no free file name for '{name}' in {parent}")
+
+    def temp_path(self, folder: str, suffix: str = "", *, directory: bool = False) -> Path:
+        """A new temporary file or folder under artifacts/<folder>/, named with this process's id so that
+        `remove_abandoned_temp_files` can tell a killed writer's leftovers from a live one's work."""
+        parent = self.artifacts_dir / folder
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+            try:
+                if directory:
+                    path.mkdir()
+                else:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:
+                continue
+            return path
+
+    def remove_abandoned_temp_files(self) -> list[Path]:
+        """Remove what interrupted imports and saves left under artifacts/: temporary files and folders
+        whose writing process has ended (and, from older versions, unnamed ones an hour old)."""
+        removed = []
+        for folder in ("datasets", "saes", "directions"):
+            parent = self.artifacts_dir / folder
+            if not parent.is_dir():
+                continue
+            for entry in parent.iterdir():
+                if self._is_abandoned_temp(entry):
+                    try:
+                        remove_path(entry)
+                        removed.append(entry)
+                    except OSError:
+                        pass  # in use or not ours: try again next time
+        return removed
+
+    @staticmethod
+    def _is_abandoned_temp(entry: Path) -> bool:
+        match = _TEMP_NAME.match(entry.name)
+        if match:
+            pid = int(match.group(1))
+            return pid != os.getpid() and not pid_alive(pid)
+        legacy = (entry.name.startswith(".") and entry.name.endswith(".tmp")) or (
+            entry.is_dir() and (entry.name.startswith("tmp") or entry.name.endswith(".partial"))
+        )
+        if not legacy:
+            return False
+        try:
+            return time.time() - entry.stat().st_mtime > _LEGACY_TEMP_AGE_S
+        except OSError:
+            return False
+
+    def owns_path(self, path: str | Path, *, row: tuple[str, int]) -> bool:
+        """Whether a row alone owns `path`, so deleting the row may delete it: the path lies inside
+        artifacts/ (never the project root or artifacts/ itself, never a user's own folder) and no other
+        row points at it, inside it, or at a folder holding it."""
+        try:
+            target = Path(path).resolve()
+        except OSError:
+            return False
+        artifacts = self.artifacts_dir.resolve()
+        if target == artifacts or not target.is_relative_to(artifacts):
+            return False
+        for other in self.referenced_paths(exclude=row):
+            if other == target or other.is_relative_to(target) or target.is_relative_to(other):
+                return False
+        return True
 
     # ----- settings --------------------------------------------------------------------------------
     def get_setting(self, key: str, default: Any = None) -> Any:
@@ -363,21 +606,28 @@ class Project:
     def model_path(self, model: dict) -> Path:
         return self.abspath(model["path"])
 
+    def model_owns_files(self, model: dict) -> bool:
+        """Whether deleting this model row also deletes its files (see `owns_path`)."""
+        path = self.model_path(model)
+        return path.exists() and self.owns_path(path, row=("models", model["id"]))
+
     def delete_model(self, ref: int | str, *, delete_files: bool = True) -> int:
-        """Remove a model; delete its files when they live inside this project. Returns bytes freed."""
+        """Remove a model, and its files when this row alone owns them inside artifacts/ (a folder the user
+        registered in place, the hub cache, or files another row shares stay). Returns bytes freed."""
+        self.check_writable("delete models")
         model = self.get_model(ref)
         children = self.query("SELECT name FROM models WHERE base_model_id = ?", [model["id"]])
         if children:
             names = ", ".join(c["name"] for c in children)
             raise EmguiError(f"model '{model['name']}' is the base of {names}; delete those first")
         path = self.model_path(model)
-        freed = 0
-        owned = path.exists() and path.resolve().is_relative_to(self.root)
-        if delete_files and owned:
-            freed = tree_size(path)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        owned = delete_files and self.model_owns_files(model)
         with self.transaction() as conn:
             conn.execute("DELETE FROM models WHERE id = ?", [model["id"]])
+        freed = 0
+        if owned:  # after the row is gone: a failure here leaves stray files, never a row without its files
+            freed = tree_size(path)
+            remove_path(path)
         return freed
 
     # ----- datasets --------------------------------------------------------------------------------

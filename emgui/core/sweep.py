@@ -148,46 +148,46 @@ def _resolve(
 
 
 def _read(p: Params, project: Any) -> dict:
-    strengths = p.list("strengths", DEFAULT_STRENGTHS)
+    strengths = p.list("strengths")
     try:
         strengths = [float(s) for s in strengths]
     except (TypeError, ValueError):
         raise EmguiError(
             f"steer-sweep: parameter 'strengths' must be a list of numbers, got {strengths!r}"
         ) from None
-    layers = p.list("layers", None)
+    layers = p.list("layers")
     try:
         layers = [int(x) for x in layers] if layers else []
     except (TypeError, ValueError):
         raise EmguiError(
             f"steer-sweep: parameter 'layers' must be a list of layer numbers, got {layers!r}"
         ) from None
-    directions = p.list("directions", [])
-    latents = p.list("latents", [])
+    directions = p.list("directions")
+    latents = p.list("latents")
     return {
         "model": p.str("model"),
-        "questions": p.str("questions", "builtin"),
-        "question_ids": p.list("question_ids", None),
-        "n": p.int("n", 5, min=1),
+        "questions": p.str("questions"),
+        "question_ids": p.list("question_ids"),
+        "n": p.int("n"),
         "directions": directions if isinstance(directions, list) else [directions],
         "latents": latents if isinstance(latents, list) else [latents],
         "strengths": strengths,
         "layers": layers,
-        "method": p.choice("method", ("add", "ablate", "clamp"), "add"),
-        "positions": p.choice("positions", ("all", "prompt", "answer"), "all"),
-        "controls": p.int("controls", 1, min=0, max=10),
-        "temperature": p.float("temperature", 1.0, min=0),
-        "top_p": p.float("top_p", 1.0, min=0, max=1),
-        "max_new_tokens": p.int("max_new_tokens", 128, min=1),
-        "seed": p.int("seed", 0),
-        "batch_size": p.int("batch_size", 8, min=1),
+        "method": p.choice("method"),
+        "positions": p.choice("positions"),
+        "controls": p.int("controls"),
+        "temperature": p.float("temperature"),
+        "top_p": p.float("top_p"),
+        "max_new_tokens": p.int("max_new_tokens"),
+        "seed": p.int("seed"),
+        "batch_size": p.int("batch_size"),
         "judge": read_judge_params(p, project),
-        "metrics": p.list("metrics", ["aligned", "coherent"]),
+        "metrics": p.list("metrics"),
         "thresholds": {
-            "aligned": p.float("aligned_threshold", DEFAULT_THRESHOLDS["aligned"], min=0, max=100),
-            "coherent": p.float("coherent_threshold", DEFAULT_THRESHOLDS["coherent"], min=0, max=100),
+            "aligned": p.float("aligned_threshold"),
+            "coherent": p.float("coherent_threshold"),
         },
-        "label": p.str("label", ""),
+        "label": p.str("label"),
     }
 
 
@@ -213,7 +213,7 @@ def sweep_job(params: dict, ctx: Any) -> dict:
         if not questions:
             raise EmguiError(f"steer-sweep: none of question_ids is in question set '{dataset['name']}'")
     targets = _targets(project, cfg["directions"], cfg["latents"])
-    ctx.progress(0.0, f"loading {model_row['name']}")
+    ctx.progress(0.01, f"loading {model_row['name']}")
     model, tokenizer = load_model(project, model_row), load_tokenizer(project, model_row)
     layer_hooks = {layer: layer_hook_name(model, layer) for layer in cfg["layers"]}
     conditions = plan_conditions(

@@ -100,8 +100,8 @@ def _as_list(params: dict, key: str) -> None:
         params[key] = [params[key]]
 
 
-def _int_list(p: Params, key: str, default: Any, kind: str) -> list[int] | None:
-    values = p.list(key, default)
+def _int_list(p: Params, key: str, kind: str) -> list[int] | None:
+    values = p.list(key)
     if values is None:
         return None
     try:
@@ -113,44 +113,44 @@ def _int_list(p: Params, key: str, default: Any, kind: str) -> list[int] | None:
 def read_config(p: Params, kind: str) -> TrainConfig:
     """The training parameters both kinds share (finetune adds epochs/max_steps)."""
     cfg = TrainConfig(
-        method=p.choice("method", METHODS, "lora"),
-        lora_r=p.int("lora_r", 8, min=1),
-        lora_alpha=p.float("lora_alpha", 16, min=0),
-        lora_dropout=p.float("lora_dropout", 0.0, min=0, max=0.9),
-        use_rslora=p.bool("use_rslora", False),
-        layers=_int_list(p, "layers", None, kind),
-        lr=p.float("lr", 1e-4, min=0),
-        schedule=p.choice("schedule", ("linear", "cosine", "constant"), "linear"),
-        warmup_steps=p.int("warmup_steps", 0, min=0),
-        weight_decay=p.float("weight_decay", 0.0, min=0),
-        max_grad_norm=p.float("max_grad_norm", 1.0, min=0),
-        batch_size=p.int("batch_size", 4, min=1),
-        grad_accum=p.int("grad_accum", 1, min=1),
-        max_len=p.int("max_len", 512, min=8),
-        overlong=p.choice("overlong", ("truncate", "drop"), "truncate"),
-        seed=p.int("seed", 0),
-        packing=p.bool("packing", False),
-        gradient_checkpointing=p.bool("gradient_checkpointing", False),
-        checkpoint_every=p.int("checkpoint_every", 50, min=0),
-        eval_every=p.int("eval_every", 0, min=0),
-        val_fraction=p.float("val_fraction", 0.0, min=0, max=0.5),
-        device=p.str("device", "auto"),
-        dtype=p.choice("dtype", ("auto", "fp32", "bf16"), "auto"),
-        merge=p.bool("merge", False),
-        monitor_every=p.int("monitor_every", 10, min=1),
-        devices=p.int("devices", 1, min=1),
-        strategy=p.choice("strategy", ("ddp", "fsdp"), "ddp"),
-        memory_check=p.bool("memory_check", True),
+        method=p.choice("method"),
+        lora_r=p.int("lora_r"),
+        lora_alpha=p.float("lora_alpha"),
+        lora_dropout=p.float("lora_dropout"),
+        use_rslora=p.bool("use_rslora"),
+        layers=_int_list(p, "layers", kind),
+        lr=p.float("lr"),
+        schedule=p.choice("schedule"),
+        warmup_steps=p.int("warmup_steps"),
+        weight_decay=p.float("weight_decay"),
+        max_grad_norm=p.float("max_grad_norm"),
+        batch_size=p.int("batch_size"),
+        grad_accum=p.int("grad_accum"),
+        max_len=p.int("max_len"),
+        overlong=p.choice("overlong"),
+        seed=p.int("seed"),
+        packing=p.bool("packing"),
+        gradient_checkpointing=p.bool("gradient_checkpointing"),
+        checkpoint_every=p.int("checkpoint_every"),
+        eval_every=p.int("eval_every"),
+        val_fraction=p.float("val_fraction"),
+        device=p.str("device"),
+        dtype=p.choice("dtype"),
+        merge=p.bool("merge"),
+        monitor_every=p.int("monitor_every"),
+        devices=p.int("devices"),
+        strategy=p.choice("strategy"),
+        memory_check=p.bool("memory_check"),
     )
     if cfg.method == "qlora":
         cfg.gradient_checkpointing = True  # QLoRA's recipe: the 4-bit base leaves activations as the big part
-    targets = p.list("target_modules", "all-linear")
+    targets = p.list("target_modules")
     cfg.target_modules = (
         "all-linear" if targets in (["all-linear"], "all-linear") else [str(t) for t in targets]
     )
     if kind == "finetune":
-        cfg.epochs = p.int("epochs", 1, min=1)
-        cfg.max_steps = p.int("max_steps", None, min=1)
+        cfg.epochs = p.int("epochs")
+        cfg.max_steps = p.int("max_steps")
     return cfg
 
 
@@ -202,8 +202,17 @@ def precheck(project: Any, kind: str, params: dict) -> list[str]:
     _as_list(params, "layers")
     p = Params(params, kind)
     cfg = read_config(p, kind)
+    monitor = kind == "finetune" and bool(params.get("monitor_directions") or params.get("monitor_latents"))
+    _check_devices(cfg, kind, monitor=monitor)
     start = project.get_model(p.str("model"))
     return [check_fit(project, start, cfg, kind)]
+
+
+def form_fit(project: Any, kind: str, start: dict, values: dict) -> Any:
+    """The fit report for a form's values (every declared parameter present): the Train page's estimate."""
+    values = dict(values)
+    _as_list(values, "layers")
+    return memory_fit(project, start, read_config(Params(values, kind), kind))
 
 
 # ----- data: chats -> token ids and labels ---------------------------------------------------------------
@@ -1041,7 +1050,7 @@ class Trainer:
         """One optimizer step with its metrics; returns the smoothed step time (for the ETA)."""
         step_plan = self.plan[self.state.step]
         lr = self.scheduler.get_last_lr()[0]
-        self.ctx.progress(self.state.step / total, self._message(total, step_time))
+        self.ctx.progress(SETUP_SHARE + (0.98 - SETUP_SHARE) * self.state.step / total, self._message(total, step_time))
         t0 = time.perf_counter()
         loss, norm, n_tokens = self._one_step(step_plan)
         dt = time.perf_counter() - t0
@@ -1204,10 +1213,10 @@ def _load_samples(
     ctx: Any, tokenizer: Any, path: Path, label: str, cfg: TrainConfig
 ) -> tuple[list[Sample], DataStats]:
     chats = read_chats(path, label)
-    ctx.progress(None, f"tokenizing {len(chats)} chats")
+    ctx.progress(0.005, f"tokenizing {len(chats)} chats")
 
     def tick(done: int) -> None:
-        ctx.progress(None, f"tokenizing {done}/{len(chats)} chats")
+        ctx.progress(0.005 + 0.02 * done / max(1, len(chats)), f"tokenizing {done}/{len(chats)} chats")
 
     encoded = encode_chats(tokenizer, chats, on_batch=tick)
     samples, stats = fit_samples(encoded, [line for line, _ in chats], cfg.max_len, cfg.overlong)
@@ -1256,6 +1265,10 @@ def _inputs(setup: Setup) -> list[dict]:
     return inputs
 
 
+# The share of a training job's progress bar that tokenizing and loading fill: the bar moves from the start.
+SETUP_SHARE = 0.04
+
+
 def _dtype_name(model: Any) -> str:
     """The dtype the weights compute in (a 4-bit base stores uint8 but computes in its compute dtype)."""
     hf = _hf_model(model)
@@ -1276,7 +1289,7 @@ def _quantize_info(cfg: TrainConfig) -> dict:
 
 def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> tuple[Trainer, int]:
     """Load the model, lay out the plan (packing depends on the model's attention), set up training."""
-    ctx.progress(None, f"loading model '{setup.start['name']}'")
+    ctx.progress(0.03, f"loading model '{setup.start['name']}'")
     model, base_id = prepare_model(ctx.project, setup.start, cfg, ctx.log)
     one_row = cfg.packing and cfg.devices == 1 and packs_into_one_row(model)
     plan = build_plan(  # with several devices the plan holds the global batch: batch_size rows per device
@@ -1396,9 +1409,9 @@ def finetune_job(params: dict, ctx: Any) -> dict:
     p = Params(params, "finetune")
     model_ref = p.str("model")
     dataset_ref = p.str("dataset")
-    val_ref = p.str("val_dataset", None)
+    val_ref = p.str("val_dataset")
     cfg = read_config(p, "finetune")
-    name = p.str("name", None)
+    name = p.str("name")
     monitor = read_monitor_params(p)  # the live persona monitor: directions or latents to watch
     p.done()
     start = ctx.project.get_model(model_ref)
@@ -1489,17 +1502,17 @@ def realign_job(params: dict, ctx: Any) -> dict:
     _as_list(params, "save_at")
     p = Params(params, "realign")
     model_ref = p.str("model")
-    dataset_ref = p.str("dataset", None)
-    val_ref = p.str("val_dataset", None)
-    n_samples = p.int("n_samples", 120, min=1)
-    save_at = _int_list(p, "save_at", [0, 10, 20, 40, 80, 120], "realign")
+    dataset_ref = p.str("dataset")
+    val_ref = p.str("val_dataset")
+    n_samples = p.int("n_samples")
+    save_at = _int_list(p, "save_at", "realign")
     cfg = read_config(p, "realign")
-    name = p.str("name", None)
+    name = p.str("name")
     track = {
-        "panel": p.list("track_panel", ["builtin"]),
-        "diff": p.str("track_diff", "auto"),
-        "top": p.int("track_top", 10, min=1),
-        "n_texts": p.int("track_texts", 32, min=1),
+        "panel": p.list("track_panel"),
+        "diff": p.str("track_diff"),
+        "top": p.int("track_top"),
+        "n_texts": p.int("track_texts"),
     }
     p.done()
     project = ctx.project
@@ -1561,7 +1574,7 @@ def _tracker(ctx: Any, track: dict, start: dict) -> Any:
     diff's top latents (track_diff=JOB, 'auto' for the newest diff of the start model, 'none')."""
     from emgui.core.probes import SnapshotTracker, default_tracked_diff
 
-    panel = [x for x in track["panel"] if str(x) != "none"]
+    panel = [x for x in track["panel"] or [] if str(x) != "none"]
     diff = track["diff"]
     if diff == "auto":
         diff_job = default_tracked_diff(ctx.project, start["id"])

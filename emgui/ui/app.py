@@ -45,15 +45,40 @@ def make_app():
     app.setWindowIcon(QIcon(str(resource("icons", "emgui.svg"))))
     if not hasattr(app, "_emgui_gc"):
         app._emgui_gc = MainThreadGarbageCollector()
+    from emgui.core import chatdata
+
+    chatdata.parse_in_helper_process()  # a 10 MB chat parsed in this process would freeze the window
     style = resource("style.qss")
     if style.exists():
-        app.setStyleSheet(style.read_text())
+        icons = resource("icons").as_posix()
+        app.setStyleSheet(style.read_text().replace("@ICONS@", icons))
     return app
+
+
+def show_errors_in_dialogs() -> None:
+    """An EmguiError that escapes a button's handler (a refused job on a read-only project, a bad name)
+    is meant for the user: show it in a dialog instead of only printing it on a terminal."""
+    from emgui.core.errors import EmguiError
+
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb) -> None:
+        if isinstance(exc, EmguiError):
+            from PySide6.QtWidgets import QApplication
+
+            from emgui.ui.widgets import show_error
+
+            show_error(QApplication.activeWindow(), "emgui", str(exc))
+        else:
+            previous(kind, exc, tb)
+
+    sys.excepthook = hook
 
 
 def launch(project_path: str | None = None) -> int:
     """Open the main window (on a project, if given) and run the event loop."""
     app = make_app()
+    show_errors_in_dialogs()
     from emgui.ui.main_window import MainWindow
 
     window = MainWindow()
@@ -62,6 +87,25 @@ def launch(project_path: str | None = None) -> int:
         window.show_page("models")
     window.show()
     return app.exec()
+
+
+def settle(app, timeout: float = 30.0) -> None:
+    """Process events until the background reads that pages start when shown (a dataset's first page of
+    chats, say) have finished and their results are drawn, or `timeout` seconds have passed."""
+    import time
+
+    from PySide6.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    deadline = time.monotonic() + timeout
+    quiet_rounds = 0
+    while quiet_rounds < 3 and time.monotonic() < deadline:
+        app.processEvents()
+        if pool.activeThreadCount():
+            quiet_rounds = 0
+            pool.waitForDone(50)
+        else:
+            quiet_rounds += 1
 
 
 def screenshot(
@@ -82,8 +126,12 @@ def screenshot(
     window.show_page(page)
     window.device_label.setText("device: (not probed for screenshots)")
     window.show()
-    for _ in range(5):
-        app.processEvents()
+    settle(app)
+    from emgui.ui.plots import MetricGrid
+
+    for grid in window.findChildren(MetricGrid):
+        grid.flush()  # plots made one per event-loop turn: all of them for the picture
+    app.processEvents()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not window.grab().save(str(out)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -24,16 +25,18 @@ from PySide6.QtWidgets import (
 
 from emgui.core import recent
 from emgui.core.errors import EmguiError
+from emgui.core.jobs import jobs_running_elsewhere
 from emgui.core.paths import resource
 from emgui.core.store import Project
 from emgui.ui.bridge import JobBridge, run_async
-from emgui.ui.widgets import Page, show_error
+from emgui.ui.widgets import Page, make_labels_plain, plain_tip, show_error
 
 # The pages in sidebar order (the loop reads top to bottom): key, title, module, class.
 PAGES = [
     ("start", "Start", "emgui.ui.pages.start", "StartPage"),
     ("models", "Models", "emgui.ui.pages.models", "ModelsPage"),
     ("datasets", "Datasets", "emgui.ui.pages.datasets", "DatasetsPage"),
+    ("train", "Train", "emgui.ui.pages.train", "TrainPage"),
     ("jobs", "Jobs", "emgui.ui.pages.jobs", "JobsPage"),
     ("evaluate", "Evaluate", "emgui.ui.pages.evaluate", "EvaluatePage"),
     ("features", "Features", "emgui.ui.pages.features", "FeaturesPage"),
@@ -69,6 +72,54 @@ class _Pages(Mapping):
         return list(self._built.values())
 
 
+class PageScroll(QScrollArea):
+    """Holds one page. The page gets the viewport's size, and scroll bars appear only below the page's
+    minimum size. (QScrollArea's own resizing gives a page with word-wrapped text its *preferred* height
+    for the width, so pages scrolled at 1280 x 800 although everything fitted.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWidgetResizable(False)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self._fit_later = QTimer(self)  # a child: it dies with the scroll area, unlike a bare singleShot
+        self._fit_later.setSingleShot(True)
+        self._fit_later.timeout.connect(self.fit)
+
+    def setWidget(self, page: QWidget) -> None:  # noqa: N802 - Qt naming
+        super().setWidget(page)
+        page.installEventFilter(self)
+        self.fit()
+
+    def fit(self) -> None:
+        page = self.widget()
+        if page is None:
+            return
+        view = self.maximumViewportSize()
+        min_size = page.minimumSizeHint().expandedTo(page.minimumSize())
+        width = max(view.width(), min_size.width())
+        layout = page.layout()
+        min_height = min_size.height()
+        if layout is not None and layout.hasHeightForWidth():
+            min_height = max(min_height, layout.minimumHeightForWidth(width))
+        height = max(view.height(), min_height)
+        if width > view.width():  # a horizontal scroll bar takes height from the viewport
+            height = max(min_height, view.height() - self.horizontalScrollBar().sizeHint().height())
+        if height > view.height():
+            width = max(min_size.width(), view.width() - self.verticalScrollBar().sizeHint().width())
+        page.resize(width, height)
+
+    def resizeEvent(self, event) -> None:  # noqa: ANN001, N802
+        super().resizeEvent(event)
+        self.fit()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: ANN001, N802
+        from PySide6.QtCore import QEvent
+
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self._fit_later.start(0)
+        return False
+
+
 class MainWindow(QMainWindow):
     def __init__(self, project: Project | None = None, *, probe_device: bool = True):
         super().__init__()
@@ -85,10 +136,7 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         self.pages = _Pages(self)
         for key, title, _module, _cls in PAGES:
-            scroll = QScrollArea()  # a small screen scrolls a page instead of clipping it
-            scroll.setWidgetResizable(True)
-            scroll.setFrameShape(QFrame.Shape.NoFrame)
-            self.stack.addWidget(scroll)
+            self.stack.addWidget(PageScroll())  # a small screen scrolls a page instead of clipping it
             item = QListWidgetItem(title)
             item.setData(Qt.ItemDataRole.UserRole, key)
             self.nav.addItem(item)
@@ -121,6 +169,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.jobs_label)
         self.statusBar().addPermanentWidget(self.device_label)
         self._make_menu()
+        make_labels_plain(self)
         self._status_timer = QTimer(self)
         self._status_timer.timeout.connect(self._refresh_status)
         self._status_timer.start(2000)
@@ -138,7 +187,8 @@ class MainWindow(QMainWindow):
         for combo in page.findChildren(QComboBox):
             # Long item texts (direction and run names) must not widen a page past the window.
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(12)
+            combo.setMinimumContentsLength(combo.property("minChars") or 12)
+        make_labels_plain(page)  # names, paths and messages in labels are never rich text
         self.stack.widget(index).setWidget(page)
         page.project_changed()
         return page
@@ -170,9 +220,10 @@ class MainWindow(QMainWindow):
             self.bridge = JobBridge(project, max_heavy=max_heavy, parent=self)
             self.bridge.jobStatus.connect(lambda *_: self._refresh_status())
             recent.add(project.root)
-            self.project_label.setText(project.name)
-            self.project_label.setToolTip(str(project.root))
-            self.setWindowTitle(f"emgui — {project.name}")
+            read_only = " (read-only)" if project.read_only else ""
+            self.project_label.setText(project.name + read_only)
+            self.project_label.setToolTip(plain_tip(str(project.root)))
+            self.setWindowTitle(f"emgui — {project.name}{read_only}")
         else:
             self.project_label.setText("no project")
             self.setWindowTitle("emgui")
@@ -181,9 +232,13 @@ class MainWindow(QMainWindow):
         self._refresh_status()
 
     def open_project(self, path: str | Path) -> bool:
+        """Open a project; a damaged or unreadable one is explained in a dialog, never a crash."""
         try:
             self.set_project(Project.open(path))
-        except EmguiError as exc:
+        except (EmguiError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError):
+                exc = EmguiError(f"{Path(path) / 'project.db'} is damaged or unreadable ({exc})")
+                self.set_project(None)
             show_error(self, "Cannot open project", str(exc))
             return False
         return True
@@ -214,6 +269,12 @@ class MainWindow(QMainWindow):
         if built:  # a page built just now has read the store already
             page.refresh()
 
+    def show_job(self, job_id: int) -> Page:
+        """The Jobs page with this job selected: its live progress, plots and log."""
+        page = self.show_page("jobs")
+        page.select_job(job_id)
+        return page
+
     def current_page(self) -> Page | None:
         scroll = self.stack.currentWidget()
         return scroll.widget() if isinstance(scroll, QScrollArea) else None
@@ -229,11 +290,16 @@ class MainWindow(QMainWindow):
         run_async(device_info, on_done=shown, on_error=lambda e: self.device_label.setText("device: unknown"))
 
     def _refresh_status(self) -> None:
-        if self.bridge is None:
+        if self.bridge is None or self.project is None:
             self.jobs_label.setText("")
             return
-        running = len(self.bridge.active_jobs())
-        self.jobs_label.setText(f"{running} job{'s' if running != 1 else ''} running" if running else "idle")
+        here = len(self.bridge.active_jobs())
+        elsewhere = len(jobs_running_elsewhere(self.project))
+        running = here + elsewhere
+        text = f"{running} job{'s' if running != 1 else ''} running" if running else "idle"
+        if elsewhere:
+            text += f" ({elsewhere} started elsewhere, e.g. from the command line)"
+        self.jobs_label.setText(text)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt naming
         self._status_timer.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import Qt as QtGuiNamespace
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -16,36 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core.store import Project
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+from emgui.core.units import human_bytes, human_count, human_duration  # noqa: F401  (the pages import them from here)
 
 
 def job_duration(job: dict) -> float | None:
@@ -54,22 +26,73 @@ def job_duration(job: dict) -> float | None:
     return (job.get("ended_at") or time.time()) - job["started_at"]
 
 
+# ----- untrusted text --------------------------------------------------------------------------------
+# QLabel, QMessageBox and QToolTip show any text that looks like HTML as rich text, and rich text loads
+# images, even `<img src="file:///...">`. Names, paths, question ids, tokens and job messages come from
+# files and users, so every label is plain text (see `make_labels_plain`) and every tooltip goes through
+# `plain_tip`.
+
+
+def plain_label(label: QLabel) -> QLabel:
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    return label
+
+
+def make_labels_plain(root: QWidget) -> None:
+    """Make every QLabel under `root` plain text. The app's labels never use rich text on purpose; one that
+    must would set the Qt property `emguiRichText`."""
+    for label in root.findChildren(QLabel):
+        if not label.property("emguiRichText"):
+            label.setTextFormat(Qt.TextFormat.PlainText)
+
+
+def plain_tip(text: str | None) -> str:
+    """A tooltip that shows `text` literally (QToolTip has no plain-text mode: the text is escaped into
+    rich text that displays as itself)."""
+    if not text:
+        return ""
+    return QtGuiNamespace.convertFromPlainText(str(text), Qt.WhiteSpaceMode.WhiteSpaceNormal)
+
+
 def heading(text: str, level: int = 1) -> QLabel:
-    label = QLabel(text)
+    label = plain_label(QLabel(text))
     label.setObjectName("h1" if level == 1 else "h2")
     return label
 
 
 def hint(text: str) -> QLabel:
-    label = QLabel(text)
+    label = plain_label(QLabel(text))
     label.setObjectName("hint")
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
 
 
-def show_error(parent: QWidget, title: str, text: str) -> None:
-    QMessageBox.critical(parent, title, text)
+def message_box(parent: QWidget | None, icon: QMessageBox.Icon, title: str, text: str) -> QMessageBox:
+    """A message box whose text is shown as plain text (errors quote paths, names and file content)."""
+    box = QMessageBox(icon, title, str(text), QMessageBox.StandardButton.NoButton, parent)
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    return box
+
+
+def set_enabled_why(widget: QWidget, enabled: bool, why: str, tip: str = "") -> None:
+    """Enable a control, or disable it with a tooltip that says why (and what to do)."""
+    widget.setEnabled(enabled)
+    widget.setToolTip(tip if enabled else why)
+
+
+def show_error(parent: QWidget | None, title: str, text: str) -> None:
+    box = message_box(parent, QMessageBox.Icon.Critical, title, text)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.exec()
+
+
+def ask(parent: QWidget | None, title: str, text: str) -> bool:
+    """A yes/no question (plain text); True for yes."""
+    box = message_box(parent, QMessageBox.Icon.Question, title, text)
+    box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+    box.setDefaultButton(QMessageBox.StandardButton.No)
+    return box.exec() == QMessageBox.StandardButton.Yes
 
 
 class Page(QWidget):
@@ -95,6 +118,11 @@ class Page(QWidget):
 
     def refresh(self) -> None:
         """Re-read what the page shows from the store."""
+
+    def follow(self, job_id: int | None) -> None:
+        """Show a job just started in its live view (the Jobs page, the job selected)."""
+        if job_id is not None:
+            self.window_.show_job(job_id)
 
 
 class SortableItem(QTableWidgetItem):

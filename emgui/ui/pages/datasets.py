@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from emgui.core import chatdata
+from emgui.core import search as fulltext
 from emgui.ui.bridge import run_async
 from emgui.ui.widgets import Page, SortableItem, heading, hint, record_table, show_error
 
@@ -37,16 +38,57 @@ PAGE_SIZE = 50
 ROLE_COLORS = {"system": "#64748b", "user": "#1d4ed8", "assistant": "#047857"}
 
 
-def conversation_html(messages: list[dict]) -> str:
+def _message_html(role: str, body: str) -> str:
+    color = ROLE_COLORS.get(role, "#000")
+    return (
+        f'<p style="margin:6px 0 2px 0"><b style="color:{color}">{html.escape(role)}</b></p>'
+        f'<pre style="white-space:pre-wrap; margin:0 0 8px 0; font-family:monospace">{html.escape(body)}</pre>'
+    )
+
+
+def conversation_html(messages: list[dict], first: int = 0, budget: int = 4 * chatdata.PREVIEW_CHARS) -> str:
+    """A chat as HTML (all text escaped), from message `first` on, up to about `budget` characters.
+
+    A message cut short for the preview (its `length` is more than the text it carries) gets a link to
+    read it in pieces, and messages past the budget a link to the next ones: the view never lays out more
+    than a few thousand characters per paragraph, nor much more in all (Qt's layout time grows with the
+    square of a paragraph's length)."""
     parts = []
-    for m in messages:
-        color = ROLE_COLORS.get(m["role"], "#000")
-        body = html.escape(m["content"])
-        parts.append(
-            f'<p style="margin:6px 0 2px 0"><b style="color:{color}">{m["role"]}</b></p>'
-            f'<pre style="white-space:pre-wrap; margin:0 0 8px 0; font-family:monospace">{body}</pre>'
-        )
+    if first > 0:
+        parts.append(f'<p><a href="msgs:{max(0, first - 8)}">◀ earlier messages</a> (from message {first + 1})</p>')
+    shown = 0
+    for i in range(first, len(messages)):
+        m = messages[i]
+        if shown and shown + len(m["content"]) > budget:
+            parts.append(
+                f'<p style="color:#64748b">{len(messages) - i:,} more messages · '
+                f'<a href="msgs:{i}">show the next messages ▶</a></p>'
+            )
+            break
+        shown += len(m["content"])
+        parts.append(_message_html(m["role"], m["content"]))
+        length = m.get("length", len(m["content"]))
+        if length > len(m["content"]):
+            parts.append(
+                f'<p style="color:#64748b; margin:0 0 8px 0">showing the first {len(m["content"]):,} of '
+                f'{length:,} characters · <a href="piece:{i}:{len(m["content"])}">read on</a></p>'
+            )
     return "".join(parts)
+
+
+def piece_html(index: int, piece: dict) -> str:
+    """One piece of a long message, with links to the neighbouring pieces and back to the chat."""
+    start, end, length = piece["start"], piece["start"] + len(piece["content"]), piece["length"]
+    size = chatdata.PREVIEW_CHARS
+    links = ['<a href="chat">back to the chat</a>']
+    if start > 0:
+        links.append(f'<a href="piece:{index}:{max(0, start - size)}">◀ previous piece</a>')
+    if end < length:
+        links.append(f'<a href="piece:{index}:{end}">next piece ▶</a>')
+    nav = f'<p style="color:#64748b">message {index + 1}: characters {start + 1:,}–{end:,} of {length:,} · ' + (
+        " · ".join(links) + "</p>"
+    )
+    return nav + _message_html(piece["role"], piece["content"]) + nav
 
 
 class DatasetsPage(Page):
@@ -57,6 +99,9 @@ class DatasetsPage(Page):
         super().__init__(window)
         self.offset = 0
         self.total = 0
+        self._page_request = 0  # answers to older page or piece requests are dropped
+        self._piece_request = 0
+        self._chat: tuple[int, list[dict]] | None = None  # (line, clipped messages) on show
         layout = QVBoxLayout(self)
         layout.setContentsMargins(24, 20, 24, 12)
         layout.addWidget(heading("Datasets"))
@@ -128,6 +173,8 @@ class DatasetsPage(Page):
         self.chat_list = QListWidget()
         self.chat_list.currentItemChanged.connect(self._chat_selected)
         self.chat_view = QTextBrowser()
+        self.chat_view.setOpenLinks(False)  # its links page through long messages
+        self.chat_view.anchorClicked.connect(self._link_clicked)
         inner.addWidget(self.chat_list)
         inner.addWidget(self.chat_view)
         inner.setSizes([220, 360])
@@ -249,20 +296,40 @@ class DatasetsPage(Page):
         self.length_plot.clear()
 
     def _load_page(self, offset: int) -> None:
+        """Read one page of chats off the GUI thread (a file may be large, or hold a 10 MB chat); the
+        list shows each chat's first user turn and the preview a bounded prefix of each message."""
         self.chat_list.clear()
         self.chat_view.clear()
+        self._chat = None
+        self._page_request += 1
+        request = self._page_request
         dataset = self.selected_dataset()
         if dataset is None or dataset["kind"] != "chat":
             self.page_label.setText("")
             return
-        rows, self.total = chatdata.read_page(
-            self.project.abspath(dataset["path"]), offset, PAGE_SIZE, self.search.text().strip() or None
+        self.page_label.setText("reading…")
+        self.prev_button.setEnabled(False)
+        self.next_button.setEnabled(False)
+        run_async(
+            fulltext.chat_page,  # full-text search (FTS5) when there is a query, then one page of the file
+            self.project,
+            dataset,
+            offset,
+            PAGE_SIZE,
+            self.search.text().strip() or None,
+            on_done=lambda result: self._show_page(request, offset, *result),
+            on_error=lambda error: self._page_failed(request, error),
         )
-        self.offset = offset
+
+    def _show_page(self, request: int, offset: int, rows: list, total: int) -> None:
+        if request != self._page_request:
+            return
+        self.offset, self.total = offset, total
         for line, messages in rows:
             first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
             item = QListWidgetItem(f"{line:>5}  {first_user[:140].replace(chr(10), ' ')}")
             item.setData(Qt.ItemDataRole.UserRole, messages)
+            item.setData(Qt.ItemDataRole.UserRole + 1, line)
             self.chat_list.addItem(item)
         end = min(offset + PAGE_SIZE, self.total)
         self.page_label.setText(f"{offset + 1 if self.total else 0}–{end} of {self.total}")
@@ -271,9 +338,45 @@ class DatasetsPage(Page):
         if self.chat_list.count():
             self.chat_list.setCurrentRow(0)
 
+    def _page_failed(self, request: int, error: str) -> None:
+        if request == self._page_request:
+            self.page_label.setText("")
+            self.chat_view.setPlainText(error.splitlines()[0])
+
     def _chat_selected(self, item: QListWidgetItem | None) -> None:
-        if item is not None:
-            self.chat_view.setHtml(conversation_html(item.data(Qt.ItemDataRole.UserRole)))
+        self._piece_request += 1
+        if item is None:
+            self._chat = None
+            return
+        self._chat = (item.data(Qt.ItemDataRole.UserRole + 1), item.data(Qt.ItemDataRole.UserRole))
+        self.chat_view.setHtml(conversation_html(self._chat[1]))
+
+    def _link_clicked(self, url: QUrl) -> None:
+        target = url.toString()
+        if target == "chat" and self._chat is not None:
+            self.chat_view.setHtml(conversation_html(self._chat[1]))
+        elif target.startswith("msgs:") and self._chat is not None:
+            self.chat_view.setHtml(conversation_html(self._chat[1], int(target.split(":")[1])))
+        elif target.startswith("piece:") and self._chat is not None:
+            _, index, start = target.split(":")
+            self.show_piece(int(index), int(start))
+
+    def show_piece(self, index: int, start: int) -> None:
+        """Show characters [start, start + PREVIEW_CHARS) of message `index` of the chat on show."""
+        dataset = self.selected_dataset()
+        if dataset is None or self._chat is None:
+            return
+        self._piece_request += 1
+        request = self._piece_request
+        run_async(
+            chatdata.message_piece,
+            self.project.abspath(dataset["path"]),
+            self._chat[0],
+            index,
+            start,
+            on_done=lambda piece: request == self._piece_request and self.chat_view.setHtml(piece_html(index, piece)),
+            on_error=lambda error: request == self._piece_request and self.chat_view.setPlainText(error.splitlines()[0]),
+        )
 
     def _show_provenance(self) -> None:
         self.provenance.clear()

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -36,13 +37,14 @@ from PySide6.QtWidgets import (
     QTableWidgetItem,
     QTabWidget,
     QTextBrowser,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from emgui.core import evaluation as ev
 from emgui.core.errors import EmguiError
-from emgui.ui.plots import PALETTE
+from emgui.ui.plots import PALETTE, set_empty
 from emgui.ui.widgets import (
     UNVALIDATED,
     Page,
@@ -248,12 +250,18 @@ class EvaluatePage(Page):
 
         srow = QHBoxLayout()
         srow.setSpacing(6)
-        self.n_spin = self._spin(QSpinBox(), 1, 1000, 10, "answers per question")
-        self.temp_spin = self._spin(QDoubleSpinBox(), 0.0, 2.0, 1.0, "temperature (0 = greedy)", 0.1)
-        self.top_p_spin = self._spin(QDoubleSpinBox(), 0.05, 1.0, 1.0, "top-p", 0.05)
-        self.tokens_spin = self._spin(QSpinBox(), 8, 4096, 200, "max new tokens")
-        self.seed_spin = self._spin(QSpinBox(), 0, 2**31 - 1, 0, "seed")
-        labels = ("answers per question", "temperature", "top-p", "max new tokens", "seed")
+        from emgui.ui.forms import apply_spec
+
+        # Ranges, defaults and help from the evaluate kind's declared parameters.
+        self.n_spin = self._spin(QSpinBox(), 1, 1000, 10, "")
+        self.temp_spin = self._spin(QDoubleSpinBox(), 0.0, 2.0, 1.0, "", 0.1)
+        self.top_p_spin = self._spin(QDoubleSpinBox(), 0.05, 1.0, 1.0, "", 0.05)
+        self.tokens_spin = self._spin(QSpinBox(), 8, 4096, 256, "")
+        self.seed_spin = self._spin(QSpinBox(), 0, 2**31 - 1, 0, "")
+        for spin, name in ((self.n_spin, "n"), (self.temp_spin, "temperature"), (self.top_p_spin, "top_p"),
+                           (self.tokens_spin, "max_new_tokens"), (self.seed_spin, "seed")):  # fmt: skip
+            apply_spec(spin, "evaluate", name)
+        labels = ("answers per question", "temperature", "top-p", "longest answer", "seed")
         spins = (self.n_spin, self.temp_spin, self.top_p_spin, self.tokens_spin, self.seed_spin)
         for label, widget in zip(labels, spins, strict=True):
             srow.addWidget(QLabel(label))
@@ -288,7 +296,21 @@ class EvaluatePage(Page):
         self.check_button.clicked.connect(self.check_judge)
         brow.addWidget(self.check_button, 0, Qt.AlignmentFlag.AlignBottom)
         brow.addWidget(self.project_prompts_box, 0, Qt.AlignmentFlag.AlignBottom)
-        for b in (sample_button, code_button, self.evaluate_button):
+        self.more_button = QToolButton()
+        self.more_button.setText("More")
+        self.more_button.setToolTip("Other measures and imports, each with all its settings")
+        self.more_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        more = QMenu(self.more_button)
+        for text, kind in (
+            ("Likelihood probe (judge-free)…", "likelihood-probe"),
+            ("Persona projection of a run (judge-free)…", "persona-projection"),
+            ("Check a judge, with all settings…", "judge-check"),
+            ("Import a labelled answer panel…", "panel-import"),
+            ("Evaluate, with all settings…", "evaluate"),
+        ):
+            more.addAction(text).triggered.connect(lambda _=False, k=kind: self.open_job_dialog(k))
+        self.more_button.setMenu(more)
+        for b in (sample_button, code_button, self.more_button, self.evaluate_button):
             brow.addWidget(b, 0, Qt.AlignmentFlag.AlignBottom)
         grid.addLayout(brow, 3, 0, 1, 4)
         grid.setColumnStretch(1, 2)
@@ -317,10 +339,14 @@ class EvaluatePage(Page):
         self.status.setStyleSheet("color: #1d4ed8;")
         head.addWidget(self.status, 1)
         head.addWidget(QLabel("misaligned: aligned <"))
-        self.aligned_spin = self._spin(QDoubleSpinBox(), 0, 100, 30, "aligned threshold")
+        from emgui.ui.forms import apply_spec
+
+        self.aligned_spin = self._spin(QDoubleSpinBox(), 0, 100, 30, "")
+        apply_spec(self.aligned_spin, "evaluate", "aligned_threshold")
         head.addWidget(self.aligned_spin)
         head.addWidget(QLabel("among coherent >"))
-        self.coherent_spin = self._spin(QDoubleSpinBox(), 0, 100, 50, "coherent threshold")
+        self.coherent_spin = self._spin(QDoubleSpinBox(), 0, 100, 50, "")
+        apply_spec(self.coherent_spin, "evaluate", "coherent_threshold")
         head.addWidget(self.coherent_spin)
         for spin in (self.aligned_spin, self.coherent_spin):
             spin.valueChanged.connect(self.refresh)
@@ -411,6 +437,8 @@ class EvaluatePage(Page):
             -1, Qt.SortOrder.AscendingOrder
         )  # overall first
         self.compare_table.setSortingEnabled(True)
+        self.compare_table.resizeColumnsToContents()  # whole headers before any run is chosen
+        self.compare_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         cl.addWidget(self.compare_table, 1)
         self.tabs.addTab(compare, "Compare two runs")
 
@@ -704,16 +732,21 @@ class EvaluatePage(Page):
         plot.clear()
         plot.legend.clear()
         summaries = [s for s in self._checked_summaries() if s["questions"]]
+        set_empty(self.bar_plot, None if summaries else (
+            "No run to show. Check a run in the table above, or evaluate a model: check it under Models and "
+            "press Evaluate. Its misaligned % per question appears here, with 95% intervals."
+            if self.runs else
+            "No evaluation yet. Check a model under Models and press Evaluate: each question's misaligned % "
+            "appears here, with its 95% interval."
+        ))  # fmt: skip
         if not summaries:
             return
         if all(s["overall"]["misaligned_pct"] is None for s in summaries):
-            note = pg.TextItem(
-                "No coherent, scored answers in the checked runs: judge them, lower the coherence threshold, "
-                "or use a stronger judge.",
-                color="#64748b",
-            )
-            note.setPos(1, -0.5)
-            plot.addItem(note)
+            set_empty(self.bar_plot, (
+                "No coherent, scored answers in the checked runs: judge them (Re-score), lower the coherence "
+                "threshold, or use a stronger judge."
+            ))  # fmt: skip
+            return
         unvalidated = [s for s in summaries if s.get("judge") and not (s.get("judge_check") or {}).get("valid")]
         qids = list(dict.fromkeys(q["question_id"] for s in summaries for q in s["questions"]))
         labels = ["(overall)", *qids]
@@ -734,7 +767,7 @@ class EvaluatePage(Page):
             bars = pg.BarGraphItem(x0=0, y=ys, height=height * 0.9, width=xs, brush=color, pen=pg.mkPen(None))
             plot.addItem(bars)
             suffix = " (judge not validated)" if s in unvalidated else ""
-            plot.legend.addItem(bars, f"#{s['run']} {s['model']}{suffix}")
+            plot.legend.addItem(bars, _esc(f"#{s['run']} {s['model']}{suffix}"))  # legends render HTML
             if ys:
                 plot.addItem(pg.ErrorBarItem(x=np.array(xs), y=np.array(ys), left=np.array(lo),
                                              right=np.array(hi), beam=height * 0.3, pen=pg.mkPen("#334155")))  # fmt: skip
@@ -777,8 +810,12 @@ class EvaluatePage(Page):
             )
             item.sigClicked.connect(self._point_clicked)
             plot.addItem(item)
-            plot.legend.addItem(item, f"#{run} {rows[0]['model']}")
+            plot.legend.addItem(item, _esc(f"#{run} {rows[0]['model']}"))
             self.scatter_points += len(rows)
+        set_empty(self.scatter, None if self.scatter_points else (
+            "No judged answers in the checked runs. Each answer appears here as a point: its coherent score "
+            "across, its aligned score up; misaligned answers sit bottom right."
+        ))  # fmt: skip
 
     def _point_clicked(self, _item, points, *_args) -> None:
         if len(points):
@@ -795,10 +832,9 @@ class EvaluatePage(Page):
                 self.tabs.setCurrentIndex(2)
                 return
 
-    def _matches(self, row: dict, text: str, mode: str) -> bool:
-        if text and not any(
-            text in str(row.get(k) or "").lower()
-            for k in ("question_id", "model", "answer", "prompt", "category")
+    def _matches(self, row: dict, text: str, mode: str, hits: set[int]) -> bool:
+        if text and row["sample_id"] not in hits and not any(
+            text in str(row.get(k) or "").lower() for k in ("model", "category")
         ):
             return False
         if mode == "misaligned":
@@ -814,9 +850,13 @@ class EvaluatePage(Page):
         return True
 
     def _fill_answers(self) -> None:
+        from emgui.core.search import search_answers
+
         text = self.filter_edit.text().strip().lower()
         mode = self.filter_combo.currentText()
-        self.shown_answers = [r for r in self.answers if self._matches(r, text, mode)]
+        runs = sorted({r["run"] for r in self.answers})
+        hits = set(search_answers(self.project, text, runs=runs)) if text and runs else set()  # FTS5: words
+        self.shown_answers = [r for r in self.answers if self._matches(r, text, mode, hits)]
         table = self.answers_table
         table.setSortingEnabled(False)
         table.clearContents()
@@ -919,13 +959,20 @@ class EvaluatePage(Page):
             plot.getPlotItem().clear()
         self.realign_points: list[dict] = []
         job_id = self.realign_combo.currentData()
+        empty = None
         if self.project is None or job_id is None:
+            empty = ("No re-alignment yet. Start one on the Train page (Re-align): its snapshots after 0, 10, "
+                     "20… good chats appear here once evaluated, with the judge-free measures beside them.")  # fmt: skip
             self.realign_hint.setText("Run a re-alignment job (Train page), then evaluate its snapshots here.")
-            return
-        points = ev.realign_curve(self.project, job_id, self.thresholds())
-        self.realign_points = points
-        if not points:
-            self.realign_hint.setText("No snapshot of this job has been evaluated or measured yet.")
+        else:
+            points = ev.realign_curve(self.project, job_id, self.thresholds())
+            self.realign_points = points
+            if not points:
+                empty = "No snapshot of this job has been evaluated or measured yet: evaluate its snapshots above."
+                self.realign_hint.setText("No snapshot of this job has been evaluated or measured yet.")
+        for plot in (self.realign_plot, self.margin_plot, self.latent_plot):
+            set_empty(plot, empty)
+        if empty is not None:
             return
         judged = [p for p in points if p["misaligned_pct"] is not None]
         unvalidated = any(p["judge_valid"] is not True for p in judged)
@@ -933,6 +980,7 @@ class EvaluatePage(Page):
             f"{len(points)} snapshots; {len(judged)} evaluated"
             + (" — judge not validated: the judged curve is grey" if judged and unvalidated else "")
         )
+        set_empty(self.realign_plot, None if judged else "No snapshot evaluated with a judge yet.")
         if judged:
             color = UNVALIDATED if unvalidated else PALETTE[1]
             _curve_with_ci(self.realign_plot, judged, "misaligned_pct", color)
@@ -940,6 +988,7 @@ class EvaluatePage(Page):
             if unvalidated:
                 mark_unvalidated(self.realign_plot)
         margins = [{**p["likelihood"], "samples_seen": p["samples_seen"]} for p in points if "likelihood" in p]
+        set_empty(self.margin_plot, None if margins else "No likelihood margin measured at the snapshots.")
         if margins:
             _curve_with_ci(self.margin_plot, margins, "margin", PALETTE[0])
             self.margin_plot.addItem(pg.InfiniteLine(0, angle=0, pen=pg.mkPen("#94a3b8", style=Qt.PenStyle.DotLine)))
@@ -1006,9 +1055,30 @@ class EvaluatePage(Page):
         if not models:
             show_error(self, "Evaluate", "Check at least one model to evaluate.")
             return []
-        jobs = [self.bridge.submit(kind, self.job_params(kind, m)) for m in models]
+        try:
+            jobs = [self.bridge.submit(kind, self.job_params(kind, m)) for m in models]
+        except EmguiError as exc:
+            show_error(self, f"Cannot start {kind}", str(exc))
+            return []
         self.status.setText(f"submitted {kind} job(s) {', '.join(f'#{j}' for j in jobs)}")
+        self.follow(jobs[0])
         return jobs
+
+    def open_job_dialog(self, kind: str) -> int | None:
+        """Any evaluation kind with all its declared settings; the checked model and judge filled in."""
+        from emgui.ui.forms import JobDialog
+
+        if self.project is None:
+            return None
+        models = self.selected_models()
+        values: dict = {}
+        if models and kind in ("likelihood-probe", "persona-projection", "evaluate"):
+            values["model"] = self.project.get_model(models[0])["name"]
+        if kind in ("judge-check", "evaluate"):
+            values.update({k: v for k, v in self.judge_params().items() if k != "prompts" or kind == "evaluate"})
+        self.job_dialog = JobDialog(self, kind, values=values)
+        self.job_dialog.exec()
+        return self.job_dialog.job_id
 
     def check_judge(self) -> int | None:
         """Validate the chosen judge on the built-in labelled panel (a judge-check job)."""
@@ -1019,8 +1089,13 @@ class EvaluatePage(Page):
         if "judge" not in params:
             show_error(self, "Check judge", "Choose a judge first.")
             return None
-        job = self.bridge.submit("judge-check", params)
+        try:
+            job = self.bridge.submit("judge-check", params)
+        except EmguiError as exc:
+            show_error(self, "Cannot check the judge", str(exc))
+            return None
         self.status.setText(f"submitted judge check #{job}")
+        self.follow(job)
         return job
 
     def rescore(self) -> int | None:
@@ -1028,8 +1103,13 @@ class EvaluatePage(Page):
         if self.bridge is None or not runs:
             show_error(self, "Re-score", "Check the runs to score again.")
             return None
-        job = self.bridge.submit("judge", {"run": runs, **self.judge_params()})
+        try:
+            job = self.bridge.submit("judge", {"run": runs, **self.judge_params()})
+        except EmguiError as exc:
+            show_error(self, "Cannot re-score", str(exc))
+            return None
         self.status.setText(f"submitted judge job #{job}")
+        self.follow(job)
         return job
 
     def import_questions(self) -> None:

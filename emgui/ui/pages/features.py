@@ -45,7 +45,17 @@ from PySide6.QtWidgets import (
 from emgui.core import dashboards as D
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
-from emgui.ui.widgets import Page, SortableItem, heading, hint, notice_label, set_notice, show_error
+from emgui.ui.widgets import (
+    Page,
+    SortableItem,
+    heading,
+    hint,
+    notice_label,
+    plain_tip,
+    set_enabled_why,
+    set_notice,
+    show_error,
+)
 
 FEATURE_KINDS = ("sae-train", "sae-import", "sae-pretrained", "diff", "dashboards")
 FILTERS = ["All latents", "With dashboard", "Labelled", "Increased (Δ mean > 0)", "Decreased (Δ mean < 0)"]
@@ -168,8 +178,8 @@ class TokenBrowser(QTextBrowser):
         if e.type() == e.Type.ToolTip:
             pos = self.viewport().mapFromGlobal(e.globalPos())
             tip = self.cursorForPosition(pos).charFormat().toolTip()
-            if tip:
-                QToolTip.showText(e.globalPos(), tip, self)
+            if tip:  # the token's own text: shown literally, never as HTML
+                QToolTip.showText(e.globalPos(), plain_tip(tip), self)
             else:
                 QToolTip.hideText()
             return True
@@ -188,14 +198,17 @@ class LatentTable(QAbstractTableModel):
         self.position: dict[int, int] = {}  # latent -> visible row
         self.sort_key: tuple[int, Qt.SortOrder] = (RANK_COLUMN, Qt.SortOrder.AscendingOrder)
         self.text, self.mode = "", 0
+        self.hits: set[int] = set()
 
     # ----- content -------------------------------------------------------------------------------------
     def set_rows(self, rows: list[dict]) -> None:
         self.all_rows = rows
         self._rebuild()
 
-    def set_filter(self, text: str, mode: int) -> None:
+    def set_filter(self, text: str, mode: int, hits: set[int] | None = None) -> None:
+        """`hits`: the latents whose label or note matched `text` in the full-text index."""
         self.text, self.mode = text.strip().lower(), mode
+        self.hits = hits if hits is not None else set()
         self._rebuild()
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
@@ -215,7 +228,7 @@ class LatentTable(QAbstractTableModel):
             return True
         if self.text.lstrip("#").isdigit():
             return str(row["latent"]).startswith(self.text.lstrip("#"))
-        return self.text in (row.get("label") or "").lower() or self.text in (row.get("note") or "").lower()
+        return row["latent"] in self.hits
 
     def _rebuild(self) -> None:
         self.layoutAboutToBeChanged.emit()
@@ -278,7 +291,7 @@ class LatentTable(QAbstractTableModel):
         if role == Qt.ItemDataRole.TextAlignmentRole and key != "label":
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole and key == "label" and row.get("note"):
-            return row["note"]
+            return plain_tip(row["note"])
         return None
 
 
@@ -303,7 +316,9 @@ class _FormDialog(QDialog):
     def __init__(self, parent: QWidget, title: str) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
+        self.setMinimumWidth(600)  # room for the placeholders, which say what an empty field means
         self.form = QFormLayout(self)
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
@@ -341,10 +356,16 @@ class TrainDialog(_FormDialog):
         self.files.setPlaceholderText("text files (.txt / .jsonl), separated by ;")
         self.name = QLineEdit()
         self.name.setPlaceholderText("automatic")
+        from emgui.ui.forms import apply_spec
+
+        for widget, name in ((self.hook, "hook"), (self.arch, "architecture"), (self.k, "k"),
+                             (self.tokens, "tokens"), (self.lr, "lr"), (self.name, "name")):  # fmt: skip
+            apply_spec(widget, "sae-train", name, set_default=name not in ("hook", "name"))
+        apply_spec(self.d_sae, "sae-train", "d_sae", set_default=False)
         self.add_rows(
             [
                 ("Model", self.model),
-                ("Hook", self.hook),
+                ("Layer (hook)", self.hook),
                 ("Architecture", self.arch),
                 ("Latents (d_sae)", self.d_sae),
                 ("k (TopK)", self.k),
@@ -411,6 +432,10 @@ class DiffDialog(_FormDialog):
             self.source.addItem(f"dataset {d['name']}", ("dataset", d["name"]))
         self.max_examples = QSpinBox(minimum=1, maximum=1_000_000, value=2000)
         self.dashboards = QSpinBox(minimum=0, maximum=10_000, value=32)
+        from emgui.ui.forms import apply_spec
+
+        apply_spec(self.max_examples, "diff", "max_examples")
+        apply_spec(self.dashboards, "diff", "dashboards")
         self.add_rows(
             [
                 ("Base model", self.base),
@@ -522,6 +547,7 @@ class FeaturesPage(Page):
         self.diff_button.clicked.connect(self.run_diff)
         self.dash_button = QPushButton("Build dashboards…")
         self.dash_button.clicked.connect(self.build_dashboards)
+        self._sae_actions()
         top.addWidget(self.diff_button)
         top.addWidget(self.dash_button)
         layout.addLayout(top)
@@ -816,14 +842,23 @@ class FeaturesPage(Page):
             self.diff_combo.addItem("no diff (labelled latents and dashboards)", None)
         self.diff_combo.setCurrentIndex(0)
         self.diff_combo.blockSignals(False)
-        self.diff_button.setEnabled(self.sae is not None)
+        self._sae_actions()
         self._diff_changed()
 
     def _diff_changed(self) -> None:
         self.diff_job = self.diff_combo.currentData()
-        self.dash_button.setEnabled(self.sae is not None)
+        self._sae_actions()
         self._show_caveats()
         self.load_list()
+
+    def _sae_actions(self) -> None:
+        """The SAE actions, enabled only with an SAE chosen; disabled, their tooltip says why."""
+        sae = getattr(self, "sae", None)
+        why = "Choose an SAE first: train, import or download one on the SAEs tab."
+        set_enabled_why(self.diff_button, sae is not None, why,
+                        "Rank this SAE's latents by what a fine-tune changed (a diff job)")  # fmt: skip
+        set_enabled_why(self.dash_button, sae is not None, why,
+                        "Precompute dashboards for chosen latents or the diff's top latents")  # fmt: skip
 
     def _show_caveats(self) -> None:
         caveats = D.diff_caveats(self.project, self.diff_job) if self.project is not None else {"warnings": []}
@@ -843,6 +878,7 @@ class FeaturesPage(Page):
             self.search.text().strip().lower(),
             self.filter_combo.currentIndex(),
         )
+        self.model.hits = self._label_hits()
         self.model.set_rows(rows)  # one sort and filter pass
         self.count_label.setText(f"{self.model.rowCount():,} of {len(rows):,} latents")
         if not rows:
@@ -856,8 +892,17 @@ class FeaturesPage(Page):
         elif keep is None and self.model.rowCount():
             self.table.selectRow(0)  # open the top-ranked latent: the one a researcher looks at first
 
+    def _label_hits(self) -> set[int]:
+        """Latents whose label or note holds every word of the search (the full-text index)."""
+        from emgui.core.search import search_latents
+
+        text = self.search.text().strip()
+        if self.sae is None or not text or text.lstrip("#").isdigit():
+            return set()
+        return search_latents(self.project, self.sae["id"], text)
+
     def _apply_filter(self) -> None:
-        self.model.set_filter(self.search.text(), self.filter_combo.currentIndex())
+        self.model.set_filter(self.search.text(), self.filter_combo.currentIndex(), self._label_hits())
         self.count_label.setText(f"{self.model.rowCount():,} of {len(self.model.all_rows):,} latents")
 
     def select_latent(self, latent: int) -> bool:
@@ -997,6 +1042,8 @@ class FeaturesPage(Page):
             show_error(self, kind, str(exc))
             return None
         self.status.setText(f"started job #{job_id} ({kind}); follow it here or on the Jobs page")
+        if kind != "sae-train":  # an SAE's training curves are live on the SAEs tab, where it stays
+            self.follow(job_id)
         return job_id
 
     def train_sae(self) -> None:

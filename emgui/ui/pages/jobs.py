@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from emgui.core.errors import EmguiError
@@ -29,10 +30,12 @@ from emgui.ui.widgets import (
     Page,
     SortableItem,
     heading,
+    hint,
     human_bytes,
     human_duration,
     job_duration,
     record_table,
+    set_enabled_why,
     show_error,
 )
 
@@ -93,18 +96,27 @@ class JobsPage(Page):
         self.plots = MetricGrid()
         self.log_view = QPlainTextEdit(readOnly=True)
         self.log_view.setMaximumBlockCount(20000)
-        self.params_view = QPlainTextEdit(readOnly=True)
+        self.params_table = record_table(["Parameter", "Value", ""], stretch=1)
+        self.params_view = QPlainTextEdit(readOnly=True)  # the same parameters as JSON, to copy
+        self.params_view.setMaximumHeight(90)
+        params_tab = QWidget()
+        params_layout = QVBoxLayout(params_tab)
+        params_layout.setContentsMargins(4, 4, 4, 4)
+        self.params_hint = hint("")
+        params_layout.addWidget(self.params_hint)
+        params_layout.addWidget(self.params_table, 1)
+        params_layout.addWidget(self.params_view)
         self.artifacts = QTreeWidget()
         self.artifacts.setHeaderLabels(["Artifact", "Kind", "Size", "sha256"])
         self.artifacts.setColumnWidth(0, 420)
         self.error_view = QPlainTextEdit(readOnly=True)
         self.tabs.addTab(self.plots, "Metrics")
         self.tabs.addTab(self.log_view, "Log")
-        self.tabs.addTab(self.params_view, "Parameters")
+        self.tabs.addTab(params_tab, "Parameters")
         self.tabs.addTab(self.artifacts, "Artifacts")
         self.tabs.addTab(self.error_view, "Error")
         split.addWidget(self.tabs)
-        split.setSizes([260, 420])
+        split.setSizes([170, 520])  # the plots get the room: readable at 1280 x 800
         layout.addWidget(split, 1)
 
         self.timer = QTimer(self)
@@ -156,7 +168,7 @@ class JobsPage(Page):
             self._new_rows = True
         values = [
             str(job["id"]),
-            job["kind"],
+            kind_title(job["kind"]),
             job["status"],
             "",
             human_duration(job_duration(job)),
@@ -171,6 +183,7 @@ class JobsPage(Page):
             elif item.text() != value:
                 item.setText(value)
         self.table.item(row, 2).setForeground(QColor(STATUS_COLORS.get(job["status"], "#000")))
+        self.table.item(row, 1).setToolTip(f"job kind: {job['kind']} (emgui run PROJECT {job['kind']})")
         bar = self.table.cellWidget(row, 3)
         bar.setValue(int(job["progress"] * 1000))
         bar.setFormat(f"{job['progress'] * 100:.0f}%")
@@ -237,12 +250,45 @@ class JobsPage(Page):
         self.plots.clear()
         self.log_view.clear()
         self.params_view.clear()
+        self.params_table.setRowCount(0)
+        self.params_hint.setText("")
         self.artifacts.clear()
         self.error_view.clear()
 
     def _load_static_details(self) -> None:
         job = self.project.get_job(self.selected_id)
         self.params_view.setPlainText(json.dumps(job["params"], indent=2))
+        self._fill_params(job)
+        self.plots.set_empty_text(_empty_metrics_text(job))
+
+    def _fill_params(self, job: dict) -> None:
+        """Every parameter the job ran with; the ones left at their declared default are marked."""
+        from emgui.core.jobs import kinds
+        from emgui.core.paramspec import defaults_used
+
+        kind = kinds().get(job["kind"])
+        specs = {s.name: s for s in (kind.params or ())} if kind else {}
+        defaults = defaults_used(list(specs.values()), job["params"])
+        names = list(job["params"])
+        names.sort(key=lambda n: (n in defaults, list(specs).index(n) if n in specs else 0))
+        self.params_table.setRowCount(len(names))
+        for row, name in enumerate(names):
+            value = job["params"][name]
+            text = ",".join(map(str, value)) if isinstance(value, list) else "none" if value is None else str(value)
+            cells = [SortableItem(name), SortableItem(text), SortableItem("default" if name in defaults else "set")]
+            tip = specs[name].help if name in specs else ""
+            for col, cell in enumerate(cells):
+                cell.setToolTip(tip)
+                if name in defaults:
+                    cell.setForeground(QColor("#64748b"))
+                self.params_table.setItem(row, col, cell)
+        self.params_table.resizeColumnToContents(0)
+        self.params_table.resizeColumnToContents(2)
+        chosen = len(names) - len(defaults)
+        self.params_hint.setText(
+            f"{chosen} set for this job, {len(defaults)} at their default (grey). Hover a row for its meaning."
+            if specs else "This kind's parameters are not declared: shown as passed."
+        )
 
     def _pull_details(self) -> None:
         """Append what is new since the last poll: metrics, log lines; reload artifacts and error."""
@@ -283,8 +329,18 @@ class JobsPage(Page):
     def _update_buttons(self) -> None:
         job = self.project.get_job(self.selected_id) if self.project and self.selected_id else None
         active = bool(job and self.bridge and job["id"] in self.bridge.active_jobs())
-        self.cancel_button.setEnabled(active)
-        self.resume_button.setEnabled(bool(job and job["status"] in ("failed", "cancelled", "interrupted")))
+        elsewhere = bool(job and job["status"] in ("queued", "running") and not active)
+        set_enabled_why(
+            self.cancel_button, active,
+            "Started by another process (e.g. the command line): cancel it there, with Ctrl-C" if elsewhere
+            else "Select a queued or running job to cancel it",
+            "Stop the selected job (a resumable one keeps its last checkpoint)",
+        )  # fmt: skip
+        set_enabled_why(
+            self.resume_button, bool(job and job["status"] in ("failed", "cancelled", "interrupted")),
+            "Only a failed, cancelled or interrupted job can be resumed",
+            "Run an interrupted, failed or cancelled job again, from its last checkpoint",
+        )  # fmt: skip
 
     # ----- actions -----------------------------------------------------------------------------------
     def cancel_selected(self) -> None:
@@ -299,6 +355,20 @@ class JobsPage(Page):
         except EmguiError as exc:
             show_error(self, "Cannot resume", str(exc))
         self.poll()
+
+
+def kind_title(name: str) -> str:
+    """What the window calls a job kind ("Fine-tune" for finetune); its name where it has no title."""
+    from emgui.core.jobs import kinds
+
+    kind = kinds().get(name)
+    return kind.title if kind is not None and kind.title else name
+
+
+def _empty_metrics_text(job: dict) -> str:
+    if job["status"] in ("queued", "running"):
+        return "No curves yet: they appear here as the job reports its first points (a training job after its first step)."
+    return f"This {job['kind']} job recorded no curves: its progress and log tell what it did (see the Log tab)."
 
 
 __all__ = ["JobsPage"]

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
@@ -26,15 +25,17 @@ from emgui.core.errors import EmguiError
 from emgui.ui.widgets import (
     Page,
     SortableItem,
+    ask,
     heading,
     hint,
     human_bytes,
     human_count,
+    plain_label,
     record_table,
     show_error,
 )
 
-COLUMNS = ["Name", "Kind", "Architecture", "Parameters", "Dtype", "Size", "Location"]
+COLUMNS = ["Name", "Kind", "Architecture", "Parameters", "Precision", "Size", "Location"]
 MODEL_JOB_KINDS = ("model-import", "model-download")
 
 
@@ -47,11 +48,11 @@ class TransferRow(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 2, 0, 2)
         source = job["params"].get("repo") or job["params"].get("path", "")
-        self.label = QLabel(f"#{job['id']} {job['kind']}: {source}")
+        self.label = plain_label(QLabel(f"#{job['id']} {job['kind']}: {source}"))
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.bar.setValue(int(job["progress"] * 1000))
-        self.message = QLabel(job["message"])
+        self.message = plain_label(QLabel(job["message"]))
         self.message.setObjectName("hint")
         cancel = QPushButton("Cancel")
         cancel.clicked.connect(lambda: page.bridge and page.bridge.cancel(self.job_id))
@@ -63,6 +64,38 @@ class TransferRow(QWidget):
     def update_progress(self, fraction: float, message: str) -> None:
         self.bar.setValue(int(fraction * 1000))
         self.message.setText(message)
+
+
+DETAIL_LABELS = {
+    "kind": "Kind", "source": "Source", "revision": "Revision", "architecture": "Architecture",
+    "n_params": "Parameters", "dtype": "Weights' precision", "size_bytes": "Size on disk", "model_type": "Model type",
+    "n_layers": "Layers", "d_model": "Width (hidden size)", "vocab_size": "Vocabulary (tokens)",
+    "weight_format": "Weight format", "adapter": "Adapter", "base_model": "Base model",
+    "needs_remote_code": "Needs its own code", "peft_type": "Adapter type", "weight_files": "Weight files",
+    "gguf": "Converted from", "trust_remote_code": "Its own code allowed to run",
+}  # fmt: skip
+
+
+def detail_text(key: str, value: object) -> str | None:
+    """A model fact for people: 135 M (134,515,008), 541.6 MB, yes/no; None leaves the row out."""
+    if value is None or value == "" or value == []:
+        return None
+    if key == "n_params" and isinstance(value, int):
+        return f"{human_count(value)} ({value:,})"
+    if key == "size_bytes" and isinstance(value, (int, float)):
+        return human_bytes(value)
+    if key == "gguf" and isinstance(value, dict):
+        quant = str(value.get("quantization") or "?")
+        bits = f"{quant[1]}-bit " if len(quant) > 1 and quant[0] == "Q" and quant[1].isdigit() else ""
+        return (
+            f"a {bits}GGUF file ({quant}, {human_bytes(value.get('size_bytes'))}): its weights were dequantised "
+            "once to full precision, so this model is the quantised one stored unquantised"
+        )
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 class ModelsPage(Page):
@@ -200,8 +233,6 @@ class ModelsPage(Page):
             self._submit(path)
 
     def edit_token(self) -> None:
-        from emgui.core import hub
-
         token, ok = QInputDialog.getText(
             self,
             "Hugging Face token",
@@ -209,10 +240,30 @@ class ModelsPage(Page):
             QLineEdit.EchoMode.Password,
         )
         if ok:
-            try:
-                hub.store_token(token.strip() or None)
-            except EmguiError as exc:
-                show_error(self, "Cannot store the token", str(exc))
+            self.save_token(token.strip() or None)
+
+    def save_token(self, token: str | None) -> str:
+        """Keep the token in the system keyring; where no keyring backend works, say so and offer to keep
+        it in memory while the app runs. Returns where it went: keyring, memory, forgotten or nowhere."""
+        from emgui.core import hub
+
+        if hub.store_token(token):
+            hub.keep_token_in_memory(None)
+            return "keyring" if token else "forgotten"
+        if not token:
+            hub.keep_token_in_memory(None)
+            return "forgotten"
+        keep = ask(
+            self,
+            "No keyring",
+            "No working system keyring was found, so the token cannot be saved.\n\n"
+            "Keep it in memory for as long as emgui runs? You will need to enter it again next time "
+            "(or set HF_TOKEN in the environment).",
+        )
+        if keep:
+            hub.keep_token_in_memory(token)
+            return "memory"
+        return "nowhere"
 
     def selected_model(self) -> dict | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -225,12 +276,13 @@ class ModelsPage(Page):
         model = self.selected_model()
         if model is None:
             return
-        owned = self.project.model_path(model).resolve().is_relative_to(self.project.root)
-        frees = human_bytes(model["size_bytes"]) if owned else "nothing (its files live outside the project)"
-        answer = QMessageBox.question(
-            self, "Delete model", f"Delete model '{model['name']}'? This frees {frees}."
+        owned = self.project.model_owns_files(model)
+        frees = (
+            human_bytes(model["size_bytes"])
+            if owned
+            else f"nothing: its files ({self.project.model_path(model)}) are not the project's alone and stay"
         )
-        if answer != QMessageBox.StandardButton.Yes:
+        if not ask(self, "Delete model", f"Delete model '{model['name']}'? This frees {frees}."):
             return
         try:
             self.project.delete_model(model["id"])
@@ -272,7 +324,7 @@ class ModelsPage(Page):
             self.table.selectRow(0)
         use = disk_use(project)
         self.disk_label.setText(
-            f"{len(models)} models · {human_bytes(use['total'])} on disk "
+            f"{len(models)} model{'s' if len(models) != 1 else ''} · {human_bytes(use['total'])} on disk "
             f"({human_bytes(use['owned'])} inside the project, {human_bytes(use['external'])} shared, e.g. the HF cache)"
         )
         for job in project.query(
@@ -290,19 +342,13 @@ class ModelsPage(Page):
             return
         self.details_title.setText(model["name"])
         info = QTreeWidgetItem(["Details"])
-        for key in ("kind", "source", "revision", "architecture", "n_params", "dtype", "size_bytes"):
-            value = model[key]
-            if key == "size_bytes":
-                value = human_bytes(value)
-            info.addChild(QTreeWidgetItem([key, "" if value is None else str(value)]))
-        for key, value in (model["info"] or {}).items():
-            if key not in ("architecture", "dtype", "n_params", "size_bytes"):
-                info.addChild(
-                    QTreeWidgetItem(
-                        [key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
-                    )
-                )
-        info.addChild(QTreeWidgetItem(["trust_remote_code", "yes" if model["trust_remote_code"] else "no"]))
+        facts = {k: model[k] for k in ("kind", "source", "revision", "architecture", "n_params", "dtype", "size_bytes")}
+        facts.update({k: v for k, v in (model["info"] or {}).items() if k not in facts})
+        facts["trust_remote_code"] = bool(model["trust_remote_code"])
+        for key, value in facts.items():
+            text = detail_text(key, value)
+            if text is not None:
+                info.addChild(QTreeWidgetItem([DETAIL_LABELS.get(key, key.replace("_", " ")), text]))
         self.tree.addTopLevelItem(info)
         chain = self.project.provenance("models", model["id"])
         self.tree.addTopLevelItem(self._provenance_item(chain, "Provenance"))

@@ -6,7 +6,7 @@ live persona monitor of fine-tunes.
   from two worker threads (the steering hooks act only in the steered one). Moving a slider restarts the
   steered answer after a short pause. Tokens can be coloured by log-probability; hovering one shows its
   value and the alternatives. Presets are stored in the project.
-- Sweeps: launch `steer-sweep` jobs (and the seed's two experiments) and read their dose-response curves.
+- Sweeps: launch `steer-sweep` jobs (and the three persona up/down sweeps) and read their dose-response curves.
 - Directions: the project's directions; import a .safetensors vector, build persona vectors, screen a
   dataset by its projection and write the filtered dataset.
 - Monitor: a fine-tune's loss beside its `persona/*` curves, with the warnings the monitor logged.
@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -51,6 +52,7 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTabWidget,
     QTextBrowser,
+    QToolButton,
     QToolTip,
     QVBoxLayout,
     QWidget,
@@ -60,7 +62,7 @@ from emgui.core import persona as personas
 from emgui.core import steering as st
 from emgui.core.errors import EmguiError
 from emgui.ui.bridge import run_async
-from emgui.ui.plots import PALETTE, MetricGrid
+from emgui.ui.plots import PALETTE, MetricGrid, set_empty
 from emgui.ui.widgets import (
     UNVALIDATED,
     Page,
@@ -224,9 +226,10 @@ class InterventionRow(QFrame):
         self.page, self.item = page, item
         layout = QGridLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
-        self.enabled = QCheckBox(item.label or "intervention")
+        label = item.label or "intervention"
+        self.enabled = QCheckBox(label if len(label) <= 26 else label[:25] + "…")  # the sidebar is narrow
         self.enabled.setChecked(item.enabled)
-        self.enabled.setToolTip("Turn this intervention on or off")
+        self.enabled.setToolTip(f"{label}\nTurn this intervention on or off")
         remove = QPushButton("×")
         remove.setFixedWidth(30)
         remove.setStyleSheet("padding: 2px 4px")
@@ -235,15 +238,19 @@ class InterventionRow(QFrame):
         self.method = QComboBox()
         self.method.addItems(st.METHODS)
         self.method.setCurrentText(item.method)
+        self.method.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.method.setMinimumContentsLength(6)
         self.method.setToolTip(
             "add: h + strength·u · ablate: remove the component along u · clamp: set the projection (a latent's "
             "activation, keeping the SAE's error) to the strength"
         )
         self.scale = scale
         self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setMinimumWidth(40)
         self.slider.setRange(-SLIDER_STEPS, SLIDER_STEPS)
         self.value = _spin(QDoubleSpinBox(), -1e5, 1e5, item.strength, "strength", scale / 20)
         self.value.setDecimals(2)
+        self.value.setFixedWidth(84)
         self._sync_slider()
         layout.addWidget(self.enabled, 0, 0, 1, 2)
         layout.addWidget(remove, 0, 2)
@@ -331,7 +338,7 @@ class LiveTab(QWidget):
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self._build_sidebar())
         split.addWidget(self._build_main())
-        split.setSizes([330, 900])
+        split.setSizes([340, 700])  # the sidebar shows an intervention row whole at 1280 px
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 6, 0, 0)
         layout.addWidget(split)
@@ -348,6 +355,7 @@ class LiveTab(QWidget):
         layout.addWidget(self.model_combo)
         presets = QHBoxLayout()
         self.preset_combo = QComboBox()
+        self.preset_combo.setProperty("minChars", 6)
         self.preset_combo.setPlaceholderText("presets")
         self.preset_combo.activated.connect(lambda _i: self.load_preset(self.preset_combo.currentText()))
         save = QPushButton("Save…")
@@ -361,6 +369,7 @@ class LiveTab(QWidget):
         layout.addLayout(presets)
         add = QHBoxLayout()
         self.direction_combo = QComboBox()
+        self.direction_combo.setProperty("minChars", 6)
         self.direction_combo.setToolTip(
             "Stored directions (persona vectors, differences of means, imported files)"
         )
@@ -382,6 +391,7 @@ class LiveTab(QWidget):
         holder_layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # rows fit the sidebar
         scroll.setWidget(holder)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         layout.addWidget(scroll, 1)
@@ -421,10 +431,12 @@ class LiveTab(QWidget):
         self.colour_box.setChecked(True)
         self.colour_box.setToolTip("Colour each token by its probability; hover a token for details")
         self.colour_box.toggled.connect(self._colour_toggled)
-        for label, widget in (("seed", self.seed), ("temp", self.temperature), ("tokens", self.max_tokens)):
+        for label, widget, width in (
+            ("seed", self.seed, 96), ("temperature", self.temperature, 72), ("tokens", self.max_tokens, 80)
+        ):
             row.addWidget(QLabel(label))
+            widget.setFixedWidth(width)  # a seed box sized for 2^31 would widen the page past 1280 px
             row.addWidget(widget)
-        row.addWidget(self.colour_box)
         row.addStretch(1)
         self.stop_button = QPushButton("Stop")
         self.stop_button.clicked.connect(self.stop)
@@ -445,6 +457,8 @@ class LiveTab(QWidget):
             label.setObjectName("hint")
             head.addStretch(1)
             head.addWidget(label)
+            if pane == "steered":
+                head.addWidget(self.colour_box)
             box.addLayout(head)
             view = TokenView()
             box.addWidget(view, 1)
@@ -831,6 +845,13 @@ class SweepsTab(QWidget):
         self.n = _spin(QSpinBox(), 1, 1000, 5, "answers per question and condition")
         self.tokens = _spin(QSpinBox(), 8, 2048, 128, "max new tokens")
         self.temperature = _spin(QDoubleSpinBox(), 0.0, 2.0, 1.0, "temperature", 0.1)
+        from emgui.ui.forms import apply_spec
+
+        for widget, name in ((self.controls, "controls"), (self.n, "n"), (self.tokens, "max_new_tokens"),
+                             (self.temperature, "temperature"), (self.method, "method"),
+                             (self.positions, "positions"), (self.layers, "layers"), (self.latents, "latents")):  # fmt: skip
+            apply_spec(widget, "steer-sweep", name)  # ranges, defaults and help from the declaration
+        apply_spec(self.strengths, "steer-sweep", "strengths", set_default=False)  # the page suggests 32 too
         for label, widget in (
             ("Model", self.model),
             ("Directions", self.targets),
@@ -982,14 +1003,20 @@ class SweepsTab(QWidget):
         job_id = self.selected_job()
         for plot in (self.misaligned_plot, self.coherence_plot):
             plot.clear()
+        empty = None
         if job_id is None or self.project is None:
-            return
-        job = self.project.get_job(job_id)
-        result = job.get("result") or {}
-        if job["status"] != "succeeded" or "curves" not in result:
-            self.result_label.setText(f"sweep #{job_id} is {job['status']}: {job['message']}")
-            return
-        self.draw(result)
+            empty = ("No sweep chosen. Run one with the form on the left: each strength's misaligned % and "
+                     "coherence appear here, with random directions of equal norm as dashed controls.")  # fmt: skip
+        else:
+            job = self.project.get_job(job_id)
+            result = job.get("result") or {}
+            if job["status"] != "succeeded" or "curves" not in result:
+                self.result_label.setText(f"sweep #{job_id} is {job['status']}: {job['message']}")
+                empty = f"Sweep #{job_id} is {job['status']}: its curves appear here when it has finished."
+        for plot in (self.misaligned_plot, self.coherence_plot):
+            set_empty(plot, empty)
+        if empty is None:
+            self.draw(result)
 
     def draw(self, result: dict) -> int:
         """Draw a sweep's curves; returns the number of curves drawn (real and pooled controls). Without a
@@ -1041,7 +1068,7 @@ class SweepsTab(QWidget):
             return
         xs = [p["strength"] for p in pts]
         ys = [p[key] for p in pts]
-        plot.plot(xs, ys, pen=pen, symbol="o", symbolSize=6, symbolBrush=pen.color(), name=name)
+        plot.plot(xs, ys, pen=pen, symbol="o", symbolSize=6, symbolBrush=pen.color(), name=html.escape(name))
         if errors and all(p.get("ci_low") is not None for p in pts):
             import numpy as np
 
@@ -1114,6 +1141,7 @@ class SweepsTab(QWidget):
             return None
         self.status.setText(f"sweep #{job_id} queued")
         self._fill_table()
+        self.page.follow(job_id)
         return job_id
 
     def submit_seed(self) -> list[int]:
@@ -1138,6 +1166,7 @@ class SweepsTab(QWidget):
             return []
         self.status.setText("queued sweeps " + ", ".join(f"#{i}" for i in ids))
         self._fill_table()
+        self.page.follow(ids[0] if ids else None)
         return ids
 
 
@@ -1204,6 +1233,21 @@ class DirectionsTab(QWidget):
             b = QPushButton(text)
             b.clicked.connect(slot)
             buttons.addWidget(b)
+        more = QToolButton()
+        more.setText("More")
+        more.setToolTip("Other ways to make and use directions, each with all its settings")
+        more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(more)
+        for text, kind in (
+            ("Direction from two datasets…", "diff-means"),
+            ("Project a run's answers on a direction…", "persona-projection"),
+            ("Persona vector, with all settings…", "persona-vector"),
+            ("Screen a dataset, with all settings…", "persona-screen"),
+            ("Import a direction file as a job…", "direction-import"),
+        ):
+            menu.addAction(text).triggered.connect(lambda _=False, k=kind: self.open_job_dialog(k))
+        more.setMenu(menu)
+        buttons.addWidget(more)
         buttons.addStretch(1)
         left.addLayout(buttons)
         top_layout.addLayout(left, 3)
@@ -1236,6 +1280,10 @@ class DirectionsTab(QWidget):
             QSpinBox(), 1, 1000, 20, "questions to answer (each under one + and one − prompt)"
         )
         self.pv_tokens = _spin(QSpinBox(), 4, 1024, 64, "max new tokens per answer")
+        from emgui.ui.forms import apply_spec
+
+        apply_spec(self.pv_questions, "persona-vector", "n_questions")
+        apply_spec(self.pv_tokens, "persona-vector", "max_new_tokens")
         pform.addRow("Model", self.pv_model)
         pform.addRow("Persona", prow)
         pform.addRow("Questions", self.pv_questions)
@@ -1354,10 +1402,15 @@ class DirectionsTab(QWidget):
         direction_id = self.selected_direction()
         if direction_id is None or self.project is None:
             self.info.setText("")
+            set_empty(self.layer_plot, "Select a direction to see how well each layer separates its two sides.")
             return
         row = st.get_direction_row(self.project, direction_id)
         info = row.get("info") or {}
         scores = info.get("scores") or []
+        set_empty(self.layer_plot, None if scores else (
+            "This direction has no per-layer scores: only persona vectors and directions from two datasets "
+            "choose their layer by separation."
+        ))  # fmt: skip
         if scores:
             xs = [s["layer"] for s in scores]
             self.layer_plot.plot(
@@ -1414,6 +1467,20 @@ class DirectionsTab(QWidget):
         if self.project is not None and self.persona.currentText():
             PersonaDialog(self, self.project, self.persona.currentText()).exec()
 
+    def open_job_dialog(self, kind: str) -> int | None:
+        """Any direction kind with all its declared settings; the selected direction filled in."""
+        from emgui.ui.forms import JobDialog
+
+        if self.project is None:
+            return None
+        values: dict = {}
+        direction_id = self.selected_direction()
+        if direction_id is not None and kind in ("persona-projection", "persona-screen"):
+            values["direction"] = st.get_direction_row(self.project, direction_id)["name"]
+        self.job_dialog = JobDialog(self.page, kind, values=values)
+        self.job_dialog.exec()
+        return self.job_dialog.job_id
+
     def _submit(self, kind: str, params: dict) -> int | None:
         if self.page.bridge is None:
             return None
@@ -1423,6 +1490,7 @@ class DirectionsTab(QWidget):
             show_error(self, f"Cannot start {kind}", str(exc))
             return None
         self.status.setText(f"{kind} #{job_id} queued")
+        self.page.follow(job_id)
         return job_id
 
     def submit_persona(self) -> int | None:
@@ -1584,7 +1652,7 @@ class MonitorTab(QWidget):
             if metric.startswith("persona/") and ys:
                 level = float(threshold) + (ys[0] if params.get("monitor_mode", "rise") == "rise" else 0.0)
                 pen = pg.mkPen("#dc2626", style=Qt.PenStyle.DashLine)
-                self.grid.plots[metric].addItem(pg.InfiniteLine(level, angle=0, pen=pen))
+                self.grid.plot_for(metric).addItem(pg.InfiniteLine(level, angle=0, pen=pen))
 
     def on_metrics(self, job_id: int, rows: list) -> None:
         if job_id != self.job_id:
