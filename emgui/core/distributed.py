@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import deque
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any
 from emgui.core.errors import Cancelled, EmguiError
 
 STRATEGIES = ("ddp", "fsdp")
+WORKER_ENV = "EMGUI_DISTRIBUTED_WORKER"  # set in the workers' environment
 
 
 @dataclass
@@ -61,6 +64,8 @@ def current() -> Rank | None:
 
 def launch(ctx: Any, kind: str, params: dict, devices: int, strategy: str, device: str) -> dict:
     """Run job `kind` with `params` on `devices` worker processes; returns rank 0's result."""
+    if os.environ.get(WORKER_ENV):  # a worker never starts workers of its own (no runaway process tree)
+        raise EmguiError(f"{kind}: a distributed worker tried to launch workers (rank not set up)")
     run_dir = ctx.artifact_dir / "distributed"
     run_dir.mkdir(parents=True, exist_ok=True)
     events, cancel_file, log_path = run_dir / "events.jsonl", run_dir / "cancel", run_dir / "workers.log"
@@ -78,7 +83,13 @@ def launch(ctx: Any, kind: str, params: dict, devices: int, strategy: str, devic
         "--nproc-per-node", str(devices), "--max-restarts", "0", "-m", "emgui.core.distributed", str(spec_path),
     ]  # fmt: skip
     env = dict(os.environ)
+    # the workers import the very emgui this process runs (a checkout may shadow an installed copy)
+    import emgui
+
+    package_root = str(Path(emgui.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or devices) // devices)))
+    env[WORKER_ENV] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx.log(f"starting {devices} workers ({strategy}) with torchrun; their output goes to {log_path}")
     with log_path.open("wb") as log_file:
@@ -94,6 +105,8 @@ def launch(ctx: Any, kind: str, params: dict, devices: int, strategy: str, devic
             time.sleep(0.2)
     except BaseException:
         stop_workers(proc, relay.pids, cancel_file)
+        relay.stopping = True
+        relay.pump()  # the last checkpoint rank 0 wrote before it stopped reaches the job row
         raise
     finally:
         relay.close()
@@ -109,16 +122,37 @@ def stop_workers(proc: subprocess.Popen, pids: list[int], cancel_file: Path, gra
     """Ask the workers to stop (cancel file), then torchrun (SIGTERM: it stops its workers), then kill
     whatever is left: torchrun's session and each worker's own (torchrun starts every worker in one)."""
     cancel_file.touch()
+    # a worker still importing torch has not said hello yet: find it as torchrun's child
+    workers = set(pids) | set(descendants(proc.pid))
     deadline = time.monotonic() + grace
     while proc.poll() is None and time.monotonic() < deadline - grace / 2:
         time.sleep(0.1)
     if proc.poll() is None:
+        workers |= set(descendants(proc.pid))
         _signal_group(proc.pid, signal.SIGTERM)
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    for pid in [proc.pid, *pids]:
+    for pid in [proc.pid, *workers]:
         _signal_group(pid, signal.SIGKILL)
     proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids below `pid` (Linux /proc; elsewhere none: the pids the workers report are used)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = entry.read_text()
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])  # after "pid (name) state"
+        except (OSError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -138,6 +172,8 @@ class _Relay:
         self.pids: list[int] = []
         self.result: dict | None = None
         self.error: str | None = None
+        self.stopping = False  # after a cancel: keep logs, metrics and checkpoints, skip progress (it raises)
+        self._pending: deque[dict] = deque()
 
     def pump(self) -> None:
         if self._fh is None:
@@ -147,16 +183,22 @@ class _Relay:
         data = self._partial + self._fh.read()
         lines = data.split("\n")
         self._partial = lines.pop()  # an incomplete last line waits for the rest
-        for line in lines:
-            if line.strip():
-                self._apply(json.loads(line))
+        self.feed([json.loads(line) for line in lines if line.strip()])
+
+    def feed(self, events: list[dict]) -> None:
+        """Apply events in order. One that raises (a progress report that finds the job cancelled) leaves
+        the rest queued for the next call: the last checkpoint and metrics are never dropped."""
+        self._pending.extend(events)
+        while self._pending:
+            self._apply(self._pending.popleft())
 
     def _apply(self, event: dict) -> None:
         ctx, kind = self.ctx, event["t"]
         if kind == "hello":
             self.pids.append(int(event["pid"]))
         elif kind == "progress":
-            ctx.progress(event["fraction"], event["message"])
+            if not self.stopping:
+                ctx.progress(event["fraction"], event["message"])
         elif kind == "metrics":
             for step, name, value in event["rows"]:
                 ctx.metric(name, step, value)
@@ -183,7 +225,7 @@ class RankContext:
 
     POLL_SECONDS = 0.5
 
-    def __init__(self, spec: dict, rank: Rank):
+    def __init__(self, spec: dict, rank: Rank, sink: Callable[[dict], None] | None = None):
         from emgui.core.store import Project
 
         self.project = Project(spec["project"])
@@ -191,9 +233,11 @@ class RankContext:
         self.params = spec["params"]
         self.resume_state = spec.get("resume_state")
         self.rank = rank
-        self._cancel_file = Path(spec["cancel"])
-        self._parent = int(spec["parent_pid"])
-        self._events = open(spec["events"], "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._cancel_file = Path(spec["cancel"]) if spec.get("cancel") else None
+        self._parent = int(spec["parent_pid"]) if spec.get("parent_pid") else None
+        # where events go: the events file torchrun's parent reads, or (a Ray task) a queue to the driver
+        self._events = None if sink else open(spec["events"], "a", encoding="utf-8")  # noqa: SIM115
+        self._sink = sink
         self._metrics: list[tuple[int, str, float]] = []
         self._last_flush = self._last_poll = self._last_progress = 0.0
         self._cancelled = False
@@ -201,6 +245,9 @@ class RankContext:
         self.emit("hello", pid=os.getpid(), rank=rank.rank)
 
     def emit(self, kind: str, **data: Any) -> None:
+        if self._sink is not None:
+            self._sink(json.loads(json.dumps({"t": kind, **data}, default=str)))
+            return
         self._events.write(json.dumps({"t": kind, **data}, default=str) + "\n")
         self._events.flush()
 
@@ -241,7 +288,8 @@ class RankContext:
         now = time.monotonic()
         if not self._cancelled and now - self._last_poll >= self.POLL_SECONDS:
             self._last_poll = now
-            self._cancelled = self._cancel_file.exists() or not _alive(self._parent)
+            gone = self._parent is not None and not _alive(self._parent)
+            self._cancelled = gone or (self._cancel_file is not None and self._cancel_file.exists())
         return self._cancelled
 
     def check_cancelled(self) -> None:
@@ -272,7 +320,8 @@ class RankContext:
 
     def close(self) -> None:
         self.flush()
-        self._events.close()
+        if self._events is not None:
+            self._events.close()
         self.project.close()
 
 
@@ -445,5 +494,20 @@ def worker_main(argv: list[str]) -> int:
     return code
 
 
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGKILL when torchrun's agent dies, even by SIGKILL (no orphan keeps a GPU)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the worker still stops when the app's process ends (RankContext polls it)
+
+
 if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
+    # Run through the imported module: `python -m` executes this file as __main__, a second copy whose
+    # globals (the current rank) the training code, which imports emgui.core.distributed, would not see.
+    from emgui.core import distributed
+
+    distributed._die_with_parent()
+    sys.exit(distributed.worker_main(sys.argv[1:]))
