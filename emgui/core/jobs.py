@@ -276,9 +276,11 @@ def run_job(
     *,
     cancel_event: threading.Event | None = None,
     listener: Listener | None = None,
+    runner: Callable[[str, dict, JobContext], dict | None] | None = None,
 ) -> str:
     """Run a queued (or resumed) job in the calling thread. Returns the final status; never raises for
-    a failing job: the error and traceback are stored on the job instead."""
+    a failing job: the error and traceback are stored on the job instead. `runner(kind, params, ctx)`
+    runs the job's function elsewhere (a Ray task) and relays its reports into `ctx`."""
     cancel_event = cancel_event or threading.Event()
     job = project.get_job(job_id)
     ctx = JobContext(project, job_id, job["params"], cancel_event, listener)
@@ -309,8 +311,7 @@ def run_job(
     try:
         kind = get_kind(job["kind"])
         params = kind.resolve(job["params"])  # rows made before submit-time checks, or by hand
-        func = kind.load()
-        result = func(params, ctx)
+        result = runner(kind.name, params, ctx) if runner is not None else kind.load()(params, ctx)
     except Cancelled:
         return finish("cancelled", message="cancelled")
     except EmguiError as exc:
