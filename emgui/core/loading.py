@@ -6,7 +6,7 @@ Remote code runs only when the row says `trust_remote_code`; pickle weights load
 
 A base model loads in 4-bit NF4 (bitsandbytes, double quantisation) when asked (`quantize="nf4"`) or when its
 row says so (`info.quantize`, which a QLoRA adapter records so that it is sampled, judged, diffed and steered
-on the 4-bit base it was trained on; `emgui models set P MODEL quantize=none` loads it in full precision).
+on the 4-bit base it was trained on; `load_model(..., quantize="none")` loads it in full precision).
 """
 
 from __future__ import annotations
