@@ -145,3 +145,16 @@ def test_cancel_stops_every_worker_and_the_run_resumes_across_ranks(proj: Projec
     assert _series(proj, job_id, "batch_hash") == _series(proj, whole["id"], "batch_hash")
     _assert_same_adapter(_adapter(proj, "resumed"), _adapter(proj, "one-30"))
     assert _processes_mentioning(spec) == []
+
+
+def test_realign_on_two_processes_saves_the_snapshots_of_one(proj: Project, single: dict) -> None:
+    common = {"model": "one", "dataset": "mem", "n_samples": 8, "save_at": [0, 4, 8], "lr": 5e-3, "seed": 1,
+              "device": "cpu", "max_len": 64, "track_panel": None, "track_diff": None}  # fmt: skip
+    realign_id = proj.create_job("realign", {**common, "batch_size": 4, "name": "re-one"})
+    assert run_job(proj, realign_id) == "succeeded", proj.get_job(realign_id)["error"]
+    job_id = proj.create_job("realign", {**common, "batch_size": 2, "devices": 2, "name": "re-two"})
+    assert run_job(proj, job_id) == "succeeded", (proj.get_job(job_id)["error"], _workers_log(proj, job_id))
+    assert sorted(proj.get_job(job_id)["result"]["snapshots"]) == ["0", "4", "8"]
+    for count in (0, 4, 8):
+        assert proj.get_model(f"re-two@{count}")["job_id"] == job_id
+    _assert_same_adapter(_adapter(proj, "re-two@8"), _adapter(proj, "re-one@8"))
