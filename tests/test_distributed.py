@@ -2,7 +2,8 @@
 
 - Two processes with batch_size 2 each train the same adapter as one process with batch_size 4 (the same
   global batch, the same plan): losses within 1e-4 per step and adapter weights within 1e-4 absolute
-  (measured differences are float32 rounding: different row groupings and the all-reduce's summation).
+  (measured: 1.9e-7 for DDP and FSDP after 6 steps, 1.2e-7 for realign: float32 rounding from the row
+  groupings and the all-reduce's summation order).
 - Rank 0's progress, metrics and log lines reach the job as for one device.
 - Cancelling stops every worker: no process of the run is left; the checkpoint rank 0 wrote is kept, and the
   resumed run (again on two processes) finishes with the same batches and the same weights.
