@@ -51,7 +51,7 @@ class _StderrReporter:
             sys.stderr.flush()
 
 
-def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = None) -> dict:
+def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = None, runner: Any = None) -> dict:
     """Run a job in this process with progress on stderr. Raises EmguiError unless it succeeds; returns
     the job row. Refused parameters leave no job row.
 
@@ -59,19 +59,22 @@ def run_inline(project: Any, kind: str, params: dict, *, job_id: int | None = No
     then raises KeyboardInterrupt (exit status 130). The main thread waits on an Event, never in
     `Thread.join`: on Python 3.10-3.12 a KeyboardInterrupt inside `join` marks the still-running thread as
     finished, and a process that then exits while the worker is inside torch dies with SIGABRT."""
-    from emgui.core.jobs.kinds import resolve_params
+    from emgui.core.jobs.kinds import get_kind, resolve_params
     from emgui.core.jobs.runner import run_job
 
     project.check_writable("run jobs")
     if job_id is None:
-        job_id = project.create_job(kind, resolve_params(kind, params))
+        resolved = resolve_params(kind, params)
+        for line in get_kind(kind).run_precheck(project, resolved):  # e.g. the memory estimate; refusals raise
+            _print_err(f"emgui: {line}")
+        job_id = project.create_job(kind, resolved)
     cancel = threading.Event()
     finished = threading.Event()
     reporter = _StderrReporter()
 
     def work() -> None:
         try:
-            run_job(project, job_id, cancel_event=cancel, listener=reporter)
+            run_job(project, job_id, cancel_event=cancel, listener=reporter, runner=runner)
         finally:
             finished.set()
 
@@ -281,10 +284,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(kind_help(args.kind, usage=True))
         return 0
     project = _open(args.project)
-    job = run_inline(project, args.kind, parse_cli_params(args.param or []))
+    job = run_inline(project, args.kind, parse_cli_params(args.param or []), runner=_ray_runner(args, args.kind))
     _print_result(job, args.json)
     _print_warnings(job["result"])
     return 0
+
+
+def _ray_runner(args: argparse.Namespace, kind: str) -> Any:
+    """--ray ADDRESS: connect; a sweep fans its points out from here, any other job runs as one Ray task."""
+    if not getattr(args, "ray", None):
+        return None
+    from emgui.core.jobs import raycluster
+
+    raycluster.connect(args.ray)
+    return None if kind in raycluster.FAN_OUT_KINDS else raycluster.remote_runner
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -292,7 +305,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     project = _open(args.project)
     job = prepare_resume(project, args.job)
-    job = run_inline(project, job["kind"], job["params"], job_id=args.job)
+    job = run_inline(project, job["kind"], job["params"], job_id=args.job, runner=_ray_runner(args, job["kind"]))
     _print_result(job, args.json)
     _print_warnings(job["result"])
     return 0
@@ -422,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?")
     p.add_argument("--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: local (start Ray here), auto, or ray://HOST:PORT")
     p.add_argument("-h", "--help", action="store_true", help="show the kind's parameters and exit")
     p.set_defaults(func=cmd_run, parser=p)
 
@@ -431,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("job", type=int)
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: local (start Ray here), auto, or ray://HOST:PORT")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("jobs", help="list a project's jobs")

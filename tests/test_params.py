@@ -79,7 +79,7 @@ def test_resolve_fills_defaults_and_converts_the_way_jobs_read() -> None:
         ({"batch_size": 2.5}, "parameter 'batch_size' must be an integer, got 2.5"),
         ({"batch_size": 0}, "parameter 'batch_size' must be >= 1, got 0"),
         ({"lora_dropout": 0.95}, "parameter 'lora_dropout' must be <= 0.9"),
-        ({"method": "qlora"}, "parameter 'method' must be one of lora, full, got 'qlora'"),
+        ({"method": "int8"}, "parameter 'method' must be one of lora, full, qlora, got 'int8'"),
         ({"merge": "maybe"}, "parameter 'merge' must be true or false"),
         ({"layers": ["a"]}, "parameter 'layers' must be a list of ints"),
         ({"name": ["a", "b"]}, "parameter 'name' must be text"),

@@ -154,3 +154,25 @@ def test_jobs_of_another_process_are_counted_in_the_status_bar(styled_window, pr
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_train_page_shows_the_submit_checks_memory_estimate(styled_window, project, monkeypatch) -> None:
+    """The fine-tune form shows emgui.core.models.memory's estimate, the one the submit check uses: method-aware,
+    against the free memory, and with the settings that would fit when Start will be refused."""
+    from emgui.ui import forms
+
+    errors = []
+    monkeypatch.setattr(forms, "show_error", lambda parent, title, text: errors.append(text))
+    train = styled_window.show_page("train")
+    card = train.finetune
+    assert card.memory.text().startswith("Memory needed: about") and "LoRA adapter" in card.memory.text()
+    assert "free" in card.memory.text()
+    card.form.set_value("method", "qlora")
+    card.update_state()
+    assert "QLoRA, 4-bit base" in card.memory.text()
+    monkeypatch.setenv("EMGUI_FREE_MEMORY", str(1e6))  # 1 MB free: nothing fits
+    card.form.set_value("method", "full")
+    card.update_state()
+    assert "It will not fit, and Start will be refused" in card.memory.text()
+    card.start_button.click()
+    assert errors and "will not fit" in errors[-1] and project.list_jobs() == []

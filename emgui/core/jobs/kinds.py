@@ -82,8 +82,9 @@ TRAIN_START = (
 )
 
 TRAINING = (
-    Choice("method", ("lora", "full"), "lora", "LoRA trains a small adapter; full trains every weight", key=True,
-           label="Method", choice_labels=("LoRA adapter", "Full fine-tune")),
+    Choice("method", ("lora", "full", "qlora"), "lora", "LoRA trains a small adapter; full trains every weight; "
+           "QLoRA trains a LoRA adapter on a 4-bit NF4 base (bitsandbytes; gradient checkpointing on)", key=True,
+           label="Method", choice_labels=("LoRA adapter", "Full fine-tune", "QLoRA (4-bit base)")),
     Int("lora_r", 8, "LoRA rank: the adapter's size", min=1, label="LoRA rank"),
     Float("lora_alpha", 16.0, "LoRA scale (alpha / rank multiplies the adapter)", min=0, label="LoRA alpha"),
     Float("lora_dropout", 0.0, "dropout on the adapter's input", min=0, max=0.9, label="LoRA dropout"),
@@ -109,6 +110,11 @@ TRAINING = (
     Choice("dtype", ("auto", "fp32", "bf16"), "auto", "weights' precision (auto: bf16 where supported)"),
     Bool("merge", False, "also save the model with the adapter merged in", label="Also save merged"),
     Int("monitor_every", 10, "steps between readings of the live persona monitor", min=1, unit="steps"),
+    Int("devices", 1, "train on this many devices (GPUs; CPU processes with device=cpu) with torch.distributed; "
+        "batch_size is per device", min=1, label="Devices"),
+    Choice("strategy", ("ddp", "fsdp"), "ddp", "with several devices: ddp (a full copy on each) or fsdp (the "
+           "weights sharded across them, for models one device cannot hold)"),
+    Bool("memory_check", True, "refuse the job at submit when the memory estimate exceeds the free memory"),
 )
 
 MONITOR = (
@@ -185,8 +191,8 @@ register_kind(JobKind(
 # ----- training -----------------------------------------------------------------------------------------------
 register_kind(JobKind(
     "finetune", "emgui.core.training.trainer:finetune_job",
-    "Fine-tune a model on a chat dataset (LoRA adapter or full), with checkpoints and resume",
-    heavy=True, resumable=True, title="Fine-tune",
+    "Fine-tune a model on a chat dataset (LoRA, QLoRA or full; on one device or several), with checkpoints and resume",
+    heavy=True, resumable=True, precheck="emgui.core.training.trainer:precheck", title="Fine-tune",
     params=declare(
         TRAIN_START,
         Str("dataset", help="the training chats (name, id, or a .jsonl file)", ref="dataset", key=True, label="Data"),
@@ -199,7 +205,7 @@ register_kind(JobKind(
 register_kind(JobKind(
     "realign", "emgui.core.training.trainer:realign_job",
     "Re-align a fine-tuned model on a few good chats, saving snapshots at chosen sample counts",
-    heavy=True, resumable=True, title="Re-align",
+    heavy=True, resumable=True, precheck="emgui.core.training.trainer:precheck", title="Re-align",
     params=declare(
         TRAIN_START,
         Str("dataset", None, "the good chats: data that corrects the bad data (secure) or different helpful data "

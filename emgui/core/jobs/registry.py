@@ -27,6 +27,10 @@ class JobKind:
     # Rules across parameters, checked at submit time on the resolved parameters: returns the problems.
     check: Callable[[dict], list[str]] | None = None
     title: str = ""  # what the window calls it ("Fine-tune"); default: the name
+    # "module:function(project, kind, resolved params) -> lines to show": run at submit, after the parameters
+    # are resolved and before a job row exists; raising EmguiError refuses the job (e.g. a fine-tune that will
+    # not fit in memory). A string, so that the check's module is imported only when a job is submitted.
+    precheck: str = ""
 
     def load(self) -> JobFunction:
         module, _, func = self.target.partition(":")
@@ -47,6 +51,13 @@ class JobKind:
         if problems:
             raise ParamError(self.name, problems)
         return resolved
+
+    def run_precheck(self, project: Any, resolved: dict) -> list[str]:
+        """The kind's submit-time check on resolved parameters: lines to show, or EmguiError to refuse."""
+        if not self.precheck:
+            return []
+        module, _, func = self.precheck.partition(":")
+        return list(getattr(importlib.import_module(module), func)(project, self.name, dict(resolved)))
 
 
 _KINDS: dict[str, JobKind] = {}

@@ -193,9 +193,11 @@ def run_job(
     listener: Listener | None = None,
     step_hooks: tuple[Callable, ...] = (),
     host: Any = None,
+    runner: Callable[[str, dict, JobContext], dict | None] | None = None,
 ) -> str:
     """Run a queued (or resumed) job in the calling thread. Returns the final status; never raises for
-    a failing job: the error and traceback are stored on the job instead."""
+    a failing job: the error and traceback are stored on the job instead. `runner(kind, params, ctx)`
+    runs the job's function elsewhere (a Ray task) and relays its reports into `ctx`."""
     cancel_event = cancel_event or threading.Event()
     job = project.get_job(job_id)
     ctx = JobContext(project, job_id, job["params"], cancel_event, listener, step_hooks, host)
@@ -226,8 +228,7 @@ def run_job(
     try:
         kind = get_kind(job["kind"])
         params = kind.resolve(job["params"])  # rows made before submit-time checks, or by hand
-        func = kind.load()
-        result = func(params, ctx)
+        result = runner(kind.name, params, ctx) if runner is not None else kind.load()(params, ctx)
     except Cancelled:
         return finish("cancelled", message="cancelled")
     except EmguiError as exc:
@@ -307,10 +308,11 @@ class JobManager:
                 traceback.print_exc()
 
     def submit(self, kind: str, params: dict | None = None) -> int:
-        """Queue a job. Unknown kinds and refused parameters fail here, before a job row exists; the row
-        holds the full parameters (the defaults filled in)."""
+        """Queue a job. Unknown kinds, refused parameters and jobs their kind's precheck refuses (too big for
+        memory) fail here, before a job row exists; the row holds the full parameters (the defaults filled in)."""
         self.project.check_writable("run jobs")
         resolved = resolve_params(kind, params)
+        get_kind(kind).run_precheck(self.project, resolved)
         job_id = self.project.create_job(kind, resolved)
         self._start(job_id)
         return job_id

@@ -487,8 +487,8 @@ def estimate_bytes(project: Any, row: dict, dtype: Any) -> int:
 
     width = getattr(dtype, "itemsize", 4)
     shape = model_shape(project, row)
-    if shape and shape.get("n_params"):
-        return int(shape["n_params"]) * width
+    if shape and shape.n_params:
+        return int(shape.n_params) * width
     path = project.model_path(row)
     files = [path] if path.is_file() else [p for p in path.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf")]
     return sum(p.stat().st_size for p in files if p.is_file())

@@ -3,6 +3,10 @@
 A model row comes from `Project.get_model`. Folders (kinds hub, folder, gguf, full, merged) load with
 `AutoModelForCausalLM`; an adapter loads its base model first, then `PeftModel.from_pretrained`.
 Remote code runs only when the row says `trust_remote_code`; pickle weights load only with `allow_pickle`.
+
+A base model loads in 4-bit NF4 (bitsandbytes, double quantisation) when asked (`quantize="nf4"`) or when its
+row says so (`info.quantize`, which a QLoRA adapter records so that it is sampled, judged, diffed and steered
+on the 4-bit base it was trained on; `load_model(..., quantize="none")` loads it in full precision).
 """
 
 from __future__ import annotations
@@ -87,6 +91,16 @@ def resolve_dtype(device: str, dtype: Any) -> Any:
     return dtype
 
 
+QUANTIZE_CHOICES = ("none", "nf4")
+
+
+def row_quantize(model_row: dict) -> str | None:
+    """How a model (an adapter: its base) loads when the job does not say: its row's `info.quantize`
+    ('nf4' for QLoRA adapters), else None (an adapter then follows its base's row, a base loads in full)."""
+    value = (model_row.get("info") or {}).get("quantize")
+    return value if value in QUANTIZE_CHOICES else None
+
+
 def load_model(
     project: Any,
     model_row: dict,
@@ -94,11 +108,13 @@ def load_model(
     device: str | None = None,
     dtype: Any = None,
     for_training: bool = False,
+    quantize: str | None = None,
 ) -> Any:
     """Load a registered model on `device` ('auto' by default) in `dtype` (bf16 on capable GPUs, else fp32).
 
     An adapter comes back as a `PeftModel` (trainable when `for_training`); anything else as a plain
-    transformers model. In eval mode unless `for_training`.
+    transformers model. In eval mode unless `for_training`. `quantize`: 'nf4' loads the (base) weights in
+    4 bits with `dtype` as the compute dtype, 'none' in full precision, None as the row says.
     """
     from emgui.core.lm.device import pick_device
 
@@ -107,22 +123,56 @@ def load_model(
     path = _folder(project, model_row)
     _check_weights(model_row, path)
     _quiet_transformers()
+    quantize = quantize or row_quantize(model_row)
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise EmguiError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
     if model_row["kind"] == "adapter":
         from peft import PeftModel
 
-        base = load_model(project, _base_row(project, model_row), device=device, dtype=dtype)
+        base_row = _base_row(project, model_row)
+        base = load_model(project, base_row, device=device, dtype=dtype, quantize=quantize)
         try:
             model = PeftModel.from_pretrained(base, str(path), is_trainable=for_training)
         except (OSError, ValueError, RuntimeError) as exc:
             raise EmguiError(f"adapter '{model_row['name']}': cannot load it from {path}: {exc}") from exc
+    elif quantize == "nf4":
+        model = _load_folder(model_row, path, dtype, nf4_config(dtype), device)
     else:
         model = _load_folder(model_row, path, dtype)
-    model.to(device)
+    if not getattr(model, "is_loaded_in_4bit", False) and not _base_is_4bit(model):
+        model.to(device)  # 4-bit weights are placed by their device map and cannot move
     model.train(for_training)
     return model
 
 
-def _load_folder(row: dict, path: Path, dtype: Any) -> Any:
+def _base_is_4bit(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False))
+
+
+def nf4_config(compute_dtype: Any) -> Any:
+    """4-bit NormalFloat weights with double quantisation (QLoRA's recipe), computing in `compute_dtype`."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise EmguiError(
+            "4-bit loading (method=qlora, quantize=nf4) needs bitsandbytes: pip install 'emgui[qlora]' "
+            "(or pip install bitsandbytes)"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage="uint8",
+    )
+
+
+def _load_folder(
+    row: dict, path: Path, dtype: Any, quantization: Any = None, device: str | None = None
+) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {
@@ -134,6 +184,11 @@ def _load_folder(row: dict, path: Path, dtype: Any) -> Any:
     if path.is_file() and path.suffix.lower() == ".gguf":
         path, kwargs["gguf_file"] = path.parent, path.name
         kwargs.pop("use_safetensors")
+    if quantization is not None:
+        if "gguf_file" in kwargs:
+            raise EmguiError(f"model '{row['name']}': a .gguf model cannot load in 4 bits; import it as a folder")
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": device or "cpu"}
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:

@@ -186,7 +186,9 @@ def hidden_size(model: Any) -> int:
 
 
 def _model_device_dtype(model: Any) -> tuple[Any, Any]:
-    param = next(_unwrap(model).parameters())
+    """Where the residual stream lives and its dtype (a 4-bit model's packed uint8 weights say neither)."""
+    params = list(_unwrap(model).parameters())
+    param = next((p for p in params if p.is_floating_point()), params[0])
     return param.device, param.dtype
 
 

@@ -228,13 +228,19 @@ def sweep_job(params: dict, ctx: Any) -> dict:
 
     items = sample_items(questions, cfg["n"])
     ctx.log(f"{len(conditions)} conditions x {len(items)} answers on '{model_row['name']}'")
-    _generate(ctx, model, tokenizer, model_row, dataset, targets, conditions, items, cfg)
+    failed = _generate(ctx, model, tokenizer, model_row, dataset, targets, conditions, items, cfg)
     judge_id = _judge(ctx, model, tokenizer, model_row, dataset, questions, cfg)
     curves = sweep_curves(project, ctx.job_id, cfg["thresholds"], judge=judge_id)
     _write_csv(ctx, curves)
     for i, point in enumerate(pt for c in curves["curves"] for pt in c["points"]):
         if point["misaligned_pct"] is not None:
             ctx.metric("misaligned_pct", i, point["misaligned_pct"])
+    if failed:  # after the other points are stored, judged and written: resuming runs only these
+        raise EmguiError(
+            f"steer-sweep: {len(failed)} of {len(conditions)} points failed: "
+            + "; ".join(f"{f['condition']}: {f['error']}" for f in failed)
+            + ". The other points are stored, judged and in sweep.csv; resume the job to run the failed ones."
+        )
     ctx.progress(1.0, "swept")
     validity = judge_validity_fields(project, judge_id)
     curves["warnings"] = validity.pop("warnings") + curves["warnings"]
@@ -260,10 +266,8 @@ def _generate(
     conditions: list[Condition],
     items: list[dict],
     cfg: dict,
-) -> None:
-    from emgui.core.lm.generation import generate_batch
-    from emgui.core.steering.steer import steer
-
+) -> list[dict]:
+    """Answers of every condition not yet stored; returns the points that failed (on Ray), if any."""
     project = ctx.project
     by_label = {t.label: t for t in targets}
     done = {
@@ -279,54 +283,74 @@ def _generate(
         + [{"role": "user", "content": it["prompt"]}]
         for it in items
     ]
-    gen = {k: cfg[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+    todo = [c for c in conditions if done.get(c.key, 0) < len(items)]
+    todo_keys = {c.key for c in todo}
+    from emgui.core.jobs import raycluster
+
+    if raycluster.connected() and todo:  # every point a Ray task, merged here as they finish
+        return sweep_points(ctx, model_row, dataset, by_label, todo, items, convs, cfg)
     for index, cond in enumerate(conditions):
         ctx.progress(0.8 * index / len(conditions), f"condition {index + 1}/{len(conditions)}: {cond.key}")
-        if done.get(cond.key, 0) >= len(items):
+        if cond.key not in todo_keys:
             continue
-        with project.transaction() as conn:  # a partly stored condition starts over
-            conn.execute(
-                "DELETE FROM samples WHERE job_id = ? AND json_extract(params, '$.condition') = ?",
-                [ctx.job_id, cond.key],
-            )
-        steering = (
-            None
-            if cond.method == "none"
-            else _resolve(project, model, by_label[cond.target], cond, cfg["positions"], sae_cache)
-        )
         t0 = time.monotonic()
-        with steer(model, steering):
-            answers = generate_batch(
-                model,
-                tokenizer,
-                convs,
-                batch_size=cfg["batch_size"],
-                should_cancel=lambda: ctx.cancelled,
-                **gen,
-            )
+        target = by_label.get(cond.target)
+        answers = _condition_answers(project, model, tokenizer, target, cond, convs, cfg, sae_cache, lambda: ctx.cancelled)
         ctx.check_cancelled()
-        now = time.time()
-        params = {**gen, **cond.params(), "positions": cfg["positions"], "model": model_row["name"]}
-        project.insert_many(
-            "samples",
-            [
-                {
-                    "job_id": ctx.job_id,
-                    "model_id": model_row["id"],
-                    "dataset_id": dataset["id"],
-                    "question_id": it["question_id"],
-                    "paraphrase_index": it["paraphrase_index"],
-                    "sample_index": it["sample_index"],
-                    "prompt": it["prompt"],
-                    "system": it["system"],
-                    "answer": a,
-                    "params": params,
-                    "created_at": now,
-                }
-                for it, a in zip(items, answers, strict=True)
-            ],
+        _store_condition(ctx, model_row, dataset, items, cond, answers, cfg, time.monotonic() - t0)
+    return []
+
+
+def _condition_answers(
+    project: Any, model: Any, tokenizer: Any, target: Target | None, cond: Condition, convs: list,
+    cfg: dict, sae_cache: dict, should_cancel: Any = None,
+) -> list[str]:
+    """One point's answers; seeded by the sweep's seed alone, so any process gives the same ones."""
+    from emgui.core.lm.generation import generate_batch
+    from emgui.core.steering.steer import steer
+
+    steering = None if cond.method == "none" else _resolve(project, model, target, cond, cfg["positions"], sae_cache)
+    gen = {k: cfg[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+    with steer(model, steering):
+        return generate_batch(
+            model, tokenizer, convs, batch_size=cfg["batch_size"], should_cancel=should_cancel, **gen
+        )  # fmt: skip
+
+
+def _store_condition(
+    ctx: Any, model_row: dict, dataset: dict, items: list[dict], cond: Condition, answers: list[str],
+    cfg: dict, seconds: float,
+) -> None:
+    project = ctx.project
+    with project.transaction() as conn:  # a partly stored condition starts over
+        conn.execute(
+            "DELETE FROM samples WHERE job_id = ? AND json_extract(params, '$.condition') = ?",
+            [ctx.job_id, cond.key],
         )
-        ctx.log(f"{cond.key}: {len(answers)} answers in {time.monotonic() - t0:.1f} s")
+    gen = {k: cfg[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+    now = time.time()
+    params = {**gen, **cond.params(), "positions": cfg["positions"], "model": model_row["name"]}
+    project.insert_many(
+        "samples",
+        [
+            {
+                "job_id": ctx.job_id,
+                "model_id": model_row["id"],
+                "dataset_id": dataset["id"],
+                "question_id": it["question_id"],
+                "paraphrase_index": it["paraphrase_index"],
+                "sample_index": it["sample_index"],
+                "prompt": it["prompt"],
+                "system": it["system"],
+                "answer": a,
+                "params": params,
+                "created_at": now,
+            }
+            for it, a in zip(items, answers, strict=True)
+        ],
+    )
+    ctx.log(f"{cond.key}: {len(answers)} answers in {seconds:.1f} s")
+
 
 
 def _judge(
@@ -558,3 +582,58 @@ def seed_experiments(
             {**common, "model": finetuned, "method": "ablate", "label": "persona ablated, fine-tuned"},
         ),
     ]
+
+
+# ----- a sweep's points as Ray tasks (emgui run ... --ray ADDRESS) --------------------------------------------
+
+
+POINT_CFG = ("temperature", "top_p", "max_new_tokens", "seed", "batch_size", "positions")
+
+
+def sweep_points(
+    ctx: Any, model_row: dict, dataset: dict, by_label: dict, todo: list, items: list[dict],
+    convs: list, cfg: dict,
+) -> list[dict]:
+    """A sweep's points (conditions) as Ray tasks; returns the failed ones ({condition, error})."""
+    from emgui.core.jobs.raycluster import run_points
+
+    point_cfg = {k: cfg[k] for k in POINT_CFG}
+    payloads = [
+        {"project": str(ctx.project.root), "model_id": model_row["id"], "condition": asdict(c),
+         "target": asdict(by_label[c.target]) if c.target in by_label else None, "convs": convs, "cfg": point_cfg}
+        for c in todo
+    ]  # fmt: skip
+    finished = []
+
+    def store(index: int, answers: list[str], seconds: float) -> None:
+        _store_condition(ctx, model_row, dataset, items, todo[index], answers, cfg, seconds)
+        finished.append(index)
+        ctx.progress(0.8 * len(finished) / len(todo), f"{len(finished)}/{len(todo)} points done on Ray")
+
+    ctx.log(f"fanning {len(todo)} points out over the Ray cluster")
+    failures = run_points(ctx, point_answers, payloads, store)
+    return [{"condition": todo[f["index"]].key, "error": f["error"]} for f in failures]
+
+
+_POINT_CACHE: dict = {}  # in a Ray worker: the project, model and tokenizer of the last point, kept for the next
+
+
+def point_answers(payload: dict) -> list[str]:
+    """A Ray task's work (emgui.core.jobs.raycluster runs it by name): one point's answers, loading the
+    model once per worker."""
+    from emgui.core.models.loading import load_model, load_tokenizer
+    from emgui.core.project.store import Project
+
+    key = (payload["project"], payload["model_id"])
+    if _POINT_CACHE.get("key") != key:
+        project = Project(payload["project"])
+        row = project.get_model(payload["model_id"])
+        _POINT_CACHE.update(key=key, project=project, model=load_model(project, row),
+                            tokenizer=load_tokenizer(project, row), saes={})  # fmt: skip
+    c = _POINT_CACHE
+    target = Target(**payload["target"]) if payload["target"] else None
+    if target is not None and isinstance(target.ref, list):
+        target.ref = tuple(target.ref)
+    cond = Condition(**payload["condition"])
+    return _condition_answers(c["project"], c["model"], c["tokenizer"], target, cond, payload["convs"],
+                              payload["cfg"], c["saes"])  # fmt: skip

@@ -33,6 +33,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.jobs.params import Params
 
 IGNORE = -100
+METHODS = ("lora", "full", "qlora")
 
 # A step hook is called as `hook(step, model, ctx)` every `monitor_every` steps. Hooks are passed to
 # `Trainer.run` by the job (its live monitor) and by whoever runs the job (`run_job(step_hooks=...)`).
@@ -81,6 +83,9 @@ class TrainConfig:
     dtype: str = "auto"
     merge: bool = False
     monitor_every: int = 10
+    devices: int = 1  # processes (one per GPU) that train together; batch_size is per device
+    strategy: str = "ddp"  # ddp: a full copy per device | fsdp: the weights sharded across devices
+    memory_check: bool = True  # refuse a job whose estimated memory exceeds the free memory
 
 
 def _as_list(params: dict, key: str) -> None:
@@ -127,7 +132,12 @@ def read_config(p: Params, kind: str) -> TrainConfig:
         dtype=p.choice("dtype"),
         merge=p.bool("merge"),
         monitor_every=p.int("monitor_every"),
+        devices=p.int("devices"),
+        strategy=p.choice("strategy"),
+        memory_check=p.bool("memory_check"),
     )
+    if cfg.method == "qlora":
+        cfg.gradient_checkpointing = True  # QLoRA's recipe: the 4-bit base leaves activations as the big part
     targets = p.list("target_modules")
     cfg.target_modules = (
         "all-linear" if targets in (["all-linear"], "all-linear") else [str(t) for t in targets]
@@ -136,6 +146,67 @@ def read_config(p: Params, kind: str) -> TrainConfig:
         cfg.epochs = p.int("epochs")
         cfg.max_steps = p.int("max_steps")
     return cfg
+
+
+# ----- will it fit? -------------------------------------------------------------------------------------
+
+
+def fit_settings(cfg: TrainConfig) -> Any:
+    """The settings the memory estimate needs, with the device and dtype this job would use."""
+    from emgui.core.lm.device import pick_device
+    from emgui.core.models.loading import resolve_dtype
+    from emgui.core.models.memory import FitSettings
+
+    device = pick_device(cfg.device)
+    dtype = str(resolve_dtype(device, cfg.dtype)).replace("torch.", "")
+    return FitSettings(
+        method=cfg.method, dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, "fp32"),
+        batch_size=cfg.batch_size, max_len=cfg.max_len, grad_accum=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
+        target_modules=cfg.target_modules, layers=tuple(cfg.layers) if cfg.layers else None,
+        devices=cfg.devices, strategy=cfg.strategy, device_kind=device.split(":")[0],
+    )  # fmt: skip
+
+
+def memory_fit(project: Any, start: dict, cfg: TrainConfig, free: list[float] | None = None) -> Any:
+    """The fit report of training `start` with `cfg` (None when the model's config cannot be read)."""
+    from emgui.core.models.memory import fit_report, model_shape
+
+    shape = model_shape(project, start)
+    return None if shape is None else fit_report(shape, fit_settings(cfg), free)
+
+
+def check_fit(project: Any, start: dict, cfg: TrainConfig, kind: str) -> str:
+    """The estimate as a line to show; an EmguiError naming settings that would fit when it does not."""
+    report = memory_fit(project, start, cfg)
+    if report is None:
+        return f"memory: no estimate for '{start['name']}' (its config.json is unreadable)"
+    if not report.fits and cfg.memory_check:
+        raise EmguiError(
+            f"{kind}: '{start['name']}' will not fit: {report.text}. {report.advice()}. "
+            "(--param memory_check=false starts it anyway)"
+        )
+    return report.text + ("" if report.fits else " - it may not fit (memory_check=false)")
+
+
+def precheck(project: Any, kind: str, params: dict) -> list[str]:
+    """Run at submit, before a job row exists: bad training parameters and jobs that will not fit are
+    refused here. Returns the lines to show (the memory estimate)."""
+    params = dict(params)
+    _as_list(params, "layers")
+    p = Params(params, kind)
+    cfg = read_config(p, kind)
+    monitor = kind == "finetune" and bool(params.get("monitor_directions") or params.get("monitor_latents"))
+    _check_devices(cfg, kind, monitor=monitor)
+    start = project.get_model(p.str("model"))
+    return [check_fit(project, start, cfg, kind)]
+
+
+def form_fit(project: Any, kind: str, start: dict, values: dict) -> Any:
+    """The fit report for a form's values (every declared parameter present): the Train page's estimate."""
+    values = dict(values)
+    _as_list(values, "layers")
+    return memory_fit(project, start, read_config(Params(values, kind), kind))
 
 
 # ----- data: chats -> token ids and labels ---------------------------------------------------------------
@@ -495,6 +566,11 @@ def _hf_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _first_row(b: Batch) -> Batch:
+    segments = None if b.segments is None else [seg for seg in b.segments if seg[0] == 0]
+    return Batch(b.input_ids[:1], b.labels[:1], b.position_ids[:1], b.n_tokens, b.n_labels, segments)
+
+
 class LossFn:
     """Sum of token cross-entropies at labelled positions. Uses decoder + output head directly when that
     gives the same logits as the model's forward (checked once), else the full forward."""
@@ -519,7 +595,9 @@ class LossFn:
         self.model.eval()
         try:
             with torch.no_grad():
+                b = _first_row(b)  # one row, and at most 64 labelled positions: the check costs little memory
                 mask = b.labels[:, 1:] != IGNORE
+                mask &= mask.cumsum(dim=1) <= 64
                 fast = self._fast_logits(b, mask).float()
                 full = self._full_logits(b)[mask].float()
                 self.fast = fast.shape == full.shape and bool(
@@ -529,6 +607,10 @@ class LossFn:
             self.fast = False
         finally:
             self.model.train(was_training)
+        from emgui.core.training.distributed import all_min, current
+
+        if current() is not None:  # every device takes the same path
+            self.fast = all_min(self.fast)
         return self.fast
 
     def __call__(self, b: Batch) -> Any:
@@ -559,14 +641,22 @@ def _lora_config(cfg: TrainConfig) -> Any:
 
 def prepare_model(project: Any, start: dict, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[Any, int]:
     """The model to train and the id of the base its output will name. An adapter start keeps training
-    that adapter (LoRA) or is merged first (full); a folder start gets a fresh LoRA or trains in full."""
+    that adapter (LoRA, QLoRA) or is merged first (full); a folder start gets a fresh LoRA or trains in full.
+    QLoRA loads the base in 4-bit NF4 (bitsandbytes) and trains a LoRA adapter on it."""
     import torch
 
     from emgui.core.models.loading import load_model
 
     torch.manual_seed(cfg.seed)  # fresh LoRA A matrices are random: the same seed gives the same start
-    continuing = start["kind"] == "adapter" and cfg.method == "lora"
-    model = load_model(project, start, device=cfg.device, dtype=cfg.dtype, for_training=continuing)
+    continuing = start["kind"] == "adapter" and cfg.method in ("lora", "qlora")
+    quantize = "nf4" if cfg.method == "qlora" else "none"
+    device = _local_device(cfg)
+    model = load_model(
+        project, start, device=device, dtype=cfg.dtype, for_training=continuing, quantize=quantize
+    )
+    if cfg.method == "qlora":
+        _prepare_4bit(model)
+        log(f"base weights in 4-bit NF4 with double quantisation (bitsandbytes), computing in {_dtype_name(model)}")
     if continuing:
         log(f"continuing to train adapter '{start['name']}' (its own LoRA settings apply)")
         return model, start["base_model_id"]
@@ -585,6 +675,28 @@ def prepare_model(project: Any, start: dict, cfg: TrainConfig, log: Callable[[st
         raise EmguiError(f"LoRA settings do not fit model '{start['name']}': {exc}") from exc
     model.train()
     return model, start["id"]
+
+
+def _local_device(cfg: TrainConfig) -> str:
+    """This process's device: with several, each rank takes the GPU torchrun numbered it (LOCAL_RANK)."""
+    import os
+
+    if cfg.devices > 1 and cfg.device in ("auto", "cuda"):
+        from emgui.core.lm.device import pick_device
+
+        if pick_device(cfg.device) == "cuda":
+            # FSDP loads on the CPU and moves only this device's shards to it
+            return "cpu" if cfg.strategy == "fsdp" else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return cfg.device
+
+
+def _prepare_4bit(model: Any) -> None:
+    """Freeze a 4-bit base for LoRA training. Unlike peft's `prepare_model_for_kbit_training`, embeddings and
+    norms keep the compute dtype (upcasting them to fp32 costs 6 GB for a 152k-token vocabulary), and the
+    trainer's non-reentrant gradient checkpointing needs no input gradients."""
+    for name, param in model.named_parameters():
+        if "lora_" not in name:  # a continued adapter stays trainable
+            param.requires_grad_(False)
 
 
 def _oom_error(exc: BaseException, cfg: TrainConfig, step: int) -> EmguiError | None:
@@ -645,10 +757,23 @@ class Trainer:
     ):
         import torch
 
+        from emgui.core.training.distributed import current, wrap
+
         self.ctx, self.cfg, self.model, self.tokenizer = ctx, cfg, model, tokenizer
         self.samples, self.plan = samples, plan
-        self.device = str(next(model.parameters()).device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.loss_fn = LossFn(model)
+        self.state = LoopState()
+        self.plan_hash = plan_hash(plan)
+        self._hooks: list = []
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(_hf_model(model))
+        # several devices: this rank's module (DDP, or FSDP, which replaces the parameters by shards)
+        self.dist = current()
+        # the wrapped module calls the loss on tensors (DDP and FSDP hook module calls, not Batch objects)
+        tensor_loss = lambda ids, labels, pos, seg: self.loss_fn(Batch(ids, labels, pos, 0, 0, seg))  # noqa: E731
+        self.wrapped = wrap(model, tensor_loss, self.dist) if self.dist else None
+        self.device = self.dist.device if self.dist else str(next(model.parameters()).device)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.params:
             raise EmguiError("nothing to train: the model has no trainable parameters")
@@ -656,12 +781,36 @@ class Trainer:
             [p for _, p in self.params], lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, len(plan)))
-        self.loss_fn = LossFn(model)
-        self.state = LoopState()
-        self.plan_hash = plan_hash(plan)
-        self._hooks: list = []
-        if cfg.gradient_checkpointing:
-            _enable_checkpointing(_hf_model(model))
+
+    @property
+    def main(self) -> bool:
+        """Whether this process reports, saves and registers (the only one, or rank 0)."""
+        return self.dist is None or self.dist.main
+
+    @property
+    def sharded(self) -> bool:
+        return self.dist is not None and self.dist.strategy == "fsdp"
+
+    def _loss(self, b: Batch) -> Any:
+        if self.wrapped is None:
+            return self.loss_fn(b)
+        return self.wrapped(b.input_ids, b.labels, b.position_ids, segments=b.segments)
+
+    def _my_rows(self, rows: list) -> tuple[list, float]:
+        """This rank's rows of a micro-batch, and their weight: a rank left without rows runs the first one
+        with weight 0, so every rank takes part in each gradient exchange."""
+        if self.dist is None:
+            return rows, 1.0
+        mine = rows[self.dist.rank :: self.dist.world]
+        return (mine, 1.0) if mine else (rows[:1], 0.0)
+
+    def full_state(self, trainable_only: bool = False) -> dict | None:
+        """FSDP: the gathered weights (on rank 0; every rank must call this); None otherwise."""
+        if not self.sharded:
+            return None
+        from emgui.core.training.distributed import full_state
+
+        return full_state(self.wrapped, {n for n, _ in self.params} if trainable_only else None)
 
     @property
     def n_trainable(self) -> int:
@@ -669,27 +818,39 @@ class Trainer:
 
     # ----- checkpoints
     def save_checkpoint(self) -> None:
+        """The trained weights, the optimizer and the schedule. Several devices: rank 0 writes them (FSDP
+        gathers the shards first, on every rank), in the same files as one device."""
         import torch
         from safetensors.torch import save_file
 
+        trained = self.full_state(trainable_only=True)
+        optim = None
+        if self.sharded:
+            from emgui.core.training.distributed import optimizer_state
+
+            optim = optimizer_state(self.wrapped, self.optimizer)
+        if not self.main:
+            return
+        if trained is None:
+            trained = {n: p.detach().cpu().contiguous() for n, p in self.params}
         name = f"step-{self.state.step:07d}"
         final = self.ctx.checkpoint_dir / name
         tmp = self.ctx.checkpoint_dir / (name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file(
-            {n: p.detach().cpu().contiguous() for n, p in self.params}, str(tmp / "trainable.safetensors")
-        )
+        save_file({n: t.contiguous() for n, t in trained.items()}, str(tmp / "trainable.safetensors"))
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng},
+            {"optimizer": optim if optim is not None else self.optimizer.state_dict(),
+             "scheduler": self.scheduler.state_dict(), "rng": rng},
             tmp / "state.pt",
-        )
+        )  # fmt: skip
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        state = {**asdict(self.state), "dir": name, "plan_hash": self.plan_hash, "n_steps": len(self.plan)}
+        state = {**asdict(self.state), "dir": name, "plan_hash": self.plan_hash, "n_steps": len(self.plan),
+                 "devices": self.cfg.devices, "strategy": self.cfg.strategy if self.dist else "single"}  # fmt: skip
         self.ctx.save_checkpoint(state)
         for old in sorted(self.ctx.checkpoint_dir.glob("step-*"))[:-2]:  # keep the last two
             shutil.rmtree(old, ignore_errors=True)
@@ -707,12 +868,22 @@ class Trainer:
         folder = self.ctx.checkpoint_dir / saved["dir"]
         if not (folder / "state.pt").is_file():
             raise EmguiError(f"cannot resume: checkpoint folder {folder} is missing or incomplete")
+        mine = self.cfg.strategy if self.dist else "single"
+        if saved.get("strategy", "single") != mine and "fsdp" in (saved.get("strategy"), mine):
+            raise EmguiError(
+                f"cannot resume: the checkpoint was written by a {saved.get('strategy')} run, this one is {mine}"
+            )
         tensors = load_file(str(folder / "trainable.safetensors"))
-        with torch.no_grad():
-            for n, p in self.params:
-                p.copy_(tensors[n].to(p.device, p.dtype))
         blob = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(blob["optimizer"])
+        if self.sharded:
+            from emgui.core.training.distributed import load_state
+
+            load_state(self.wrapped, self.optimizer, tensors, blob["optimizer"])
+        else:
+            with torch.no_grad():
+                for n, p in self.params:
+                    p.copy_(tensors[n].to(p.device, p.dtype))
+            self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"]["torch"])
         random.setstate(_as_tuple(blob["rng"]["python"]))
@@ -721,7 +892,8 @@ class Trainer:
         fields = {k: saved[k] for k in asdict(LoopState()) if k in saved}
         self.state = LoopState(**fields)
         self.state.resumed_from = self.state.step
-        self._forget_metrics_after(self.state.step)
+        if self.main:
+            self._forget_metrics_after(self.state.step)
         self.ctx.log(f"resumed from the checkpoint at step {self.state.step}")
 
     def _forget_metrics_after(self, step: int) -> None:
@@ -735,17 +907,23 @@ class Trainer:
 
         order = sorted(range(len(val)), key=lambda i: len(val[i].ids))
         total = count = 0.0
+        world = self.dist.world if self.dist else 1
+        per_step = self.cfg.batch_size * world
         self.model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(order), self.cfg.batch_size):
+                for start in range(0, len(order), per_step):
                     self.ctx.check_cancelled()
-                    rows = [[i] for i in order[start : start + self.cfg.batch_size]]
+                    rows, weight = self._my_rows([[i] for i in order[start : start + per_step]])
                     b = collate(rows, val, self.pad_id, self.device)
-                    total += float(self.loss_fn(b))
-                    count += b.n_labels
+                    total += float(self._loss(b)) * weight
+                    count += b.n_labels * weight
         finally:
             self.model.train()
+        if self.dist:
+            from emgui.core.training.distributed import all_sum
+
+            total, count = all_sum(total, count)
         return total / max(1.0, count)
 
     # ----- cancellation inside a long forward pass
@@ -767,22 +945,32 @@ class Trainer:
     def _one_step(self, step_plan: list) -> tuple[float, float, int]:
         import torch
 
-        batches = [collate(rows, self.samples, self.pad_id, self.device) for rows in step_plan]
-        n_labels = sum(b.n_labels for b in batches)
+        from emgui.core.training.distributed import all_sum, gradient_sync
+
+        picked = [i for rows in step_plan for row in rows for i in row]
+        n_labels = sum(self.samples[i].n_labels for i in picked)  # of the whole step, on every device
+        n_tokens = sum(len(self.samples[i].ids) for i in picked)
+        # DDP and FSDP average gradients over the devices: scale each device's sum up by their number
+        scale = (self.dist.world if self.dist else 1) / n_labels
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
-        for b in batches:
+        for k, rows in enumerate(step_plan):
             self.ctx.check_cancelled()
-            loss = self.loss_fn(b)
-            (loss / n_labels).backward()
-            loss_sum += loss.detach()
+            mine, weight = self._my_rows(rows)
+            b = collate(mine, self.samples, self.pad_id, self.device)
+            sync = nullcontext() if self.dist is None else gradient_sync(self.wrapped, self.dist, k == len(step_plan) - 1)
+            with sync:
+                loss = self._loss(b)
+                (loss * (scale * weight)).backward()
+            loss_sum += loss.detach() * weight
         norm = torch.nn.utils.clip_grad_norm_(
             [p for _, p in self.params],
             self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf"),
         )
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss_sum) / n_labels, float(norm), sum(b.n_tokens for b in batches)
+        total = float(loss_sum) if self.dist is None else all_sum(float(loss_sum))[0]
+        return total / n_labels, float(norm), n_tokens
 
     def run(
         self,
@@ -806,7 +994,7 @@ class Trainer:
                 step_time = self._train_step(total, step_time)
                 if val and (st.step % eval_every == 0 or st.step == total):
                     self._eval(val)
-                if step_hooks and st.step % cfg.monitor_every == 0:
+                if step_hooks and self.main and st.step % cfg.monitor_every == 0:
                     for hook in step_hooks:
                         hook(st.step, self.model, self.ctx)
                 if on_step_done:
@@ -877,7 +1065,11 @@ class Trainer:
         ids = self.samples[0].ids[:32]
         self.model.eval()
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits
+            tensor = torch.tensor([ids], device=self.device)
+            if self.sharded:  # every rank takes part in the forward
+                logits = self.wrapped(tensor, tensor, tensor, mode="logits")
+            else:
+                logits = self.model(input_ids=tensor, use_cache=False).logits
         last = logits[0, -1].float().cpu()
         return {
             "input_ids": ids,
@@ -897,16 +1089,22 @@ def _write_config(folder: Path, info: dict) -> None:
     (folder / "training_config.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
 
 
-def save_weights(model: Any, tokenizer: Any, folder: Path, config_info: dict) -> Path:
+def save_weights(
+    model: Any, tokenizer: Any, folder: Path, config_info: dict, state_dict: dict | None = None
+) -> Path:
     """An adapter (adapter_config.json + adapter_model.safetensors) or a full safetensors model, with the
-    tokenizer and the training configuration beside it. Written to a temporary folder, then moved."""
+    tokenizer and the training configuration beside it. Written to a temporary folder, then moved.
+    `state_dict`: the weights gathered from FSDP's shards, when the model itself holds only shards."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     hf = _hf_model(model)
     cache = getattr(hf.config, "use_cache", None)
     hf.config.use_cache = True  # the saved model is for generation
     try:
-        model.save_pretrained(str(tmp))
+        if state_dict is not None:
+            model.save_pretrained(str(tmp), state_dict=state_dict)
+        else:
+            model.save_pretrained(str(tmp))
     finally:
         hf.config.use_cache = cache
     tokenizer.save_pretrained(str(tmp))
@@ -1038,7 +1236,21 @@ SETUP_SHARE = 0.04
 
 
 def _dtype_name(model: Any) -> str:
-    return str(next(model.parameters()).dtype).replace("torch.", "")
+    """The dtype the weights compute in (a 4-bit base stores uint8 but computes in its compute dtype)."""
+    hf = _hf_model(model)
+    quant = getattr(hf.config, "quantization_config", None)
+    compute = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
+    if compute is None and isinstance(quant, dict):
+        compute = quant.get("bnb_4bit_compute_dtype")
+    if compute is not None:
+        return str(compute).replace("torch.", "")
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return str(floats[0] if floats else next(model.parameters()).dtype).replace("torch.", "")
+
+
+def _quantize_info(cfg: TrainConfig) -> dict:
+    """A QLoRA adapter records its 4-bit base, so that other jobs load it the way it was trained."""
+    return {"quantize": "nf4"} if cfg.method == "qlora" else {}
 
 
 def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> tuple[Trainer, int]:
@@ -1050,11 +1262,11 @@ def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> t
     reservation = reserve_for(ctx, setup.start, device=cfg.device, dtype=cfg.dtype, label="training")
     model, base_id = prepare_model(ctx.project, setup.start, cfg, ctx.log)
     reservation.measure(model)
-    one_row = cfg.packing and packs_into_one_row(model)
-    plan = build_plan(
+    one_row = cfg.packing and cfg.devices == 1 and packs_into_one_row(model)
+    plan = build_plan(  # with several devices the plan holds the global batch: batch_size rows per device
         [len(s.ids) for s in setup.samples],
         seed=cfg.seed,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size * cfg.devices,
         grad_accum=cfg.grad_accum,
         max_len=cfg.max_len,
         packing=cfg.packing,
@@ -1070,6 +1282,7 @@ def _make_trainer(ctx: Any, cfg: TrainConfig, setup: Setup, **plan_kw: Any) -> t
         f"{len(setup.samples)} training chats ({setup.stats.label_tokens} assistant tokens), "
         f"{len(setup.val)} validation chats; {len(plan)} steps of {cfg.grad_accum} x {shape}; "
         f"{trainer.n_trainable:,} of {total:,} parameters trainable; device {trainer.device}"
+        + (f", {cfg.devices} devices ({cfg.strategy}, {cfg.batch_size} rows each)" if cfg.devices > 1 else "")
     )
     if ctx.resume_state and ctx.resume_state.get("dir"):
         trainer.restore(ctx.resume_state)
@@ -1098,6 +1311,8 @@ def _result(trainer: Trainer, setup: Setup, extra: dict) -> dict:
         "overlong": trainer.cfg.overlong,
         "trainable_params": trainer.n_trainable,
         "fast_loss_path": trainer.loss_fn.fast,
+        "method": trainer.cfg.method,
+        "devices": trainer.cfg.devices,
     }
 
 
@@ -1111,6 +1326,45 @@ def _config_info(ctx: Any, cfg: TrainConfig, setup: Setup, kind: str) -> dict:
         "params": ctx.params,
         "resolved": asdict(cfg),
     }
+
+
+# ----- several devices ------------------------------------------------------------------------------------
+
+
+def _worker() -> Any:
+    """This process's rank when it is a worker of a multi-device job (None in the app or the CLI)."""
+    from emgui.core.training.distributed import current
+
+    return current()
+
+
+def _check_devices(cfg: TrainConfig, kind: str, monitor: bool = False) -> None:
+    """Refuse, before anything loads, what several devices cannot do."""
+    if cfg.devices == 1:
+        return
+    if cfg.strategy == "fsdp" and cfg.method == "qlora":
+        raise EmguiError(f"{kind}: method=qlora shards with strategy=ddp only (bitsandbytes' 4-bit weights do "
+                         "not shard with FSDP); or use method=lora with strategy=fsdp")  # fmt: skip
+    if cfg.strategy == "fsdp" and cfg.merge:
+        raise EmguiError(f"{kind}: merge=true needs the whole model in one process; with strategy=fsdp save the "
+                         "adapter and merge it on a machine that holds the full model")  # fmt: skip
+    if cfg.strategy == "fsdp" and monitor:
+        raise EmguiError(f"{kind}: the live persona monitor needs the whole model in one process: use "
+                         "strategy=ddp, or devices=1")  # fmt: skip
+    if _worker() is None:
+        from emgui.core.lm.device import pick_device
+
+        if pick_device(cfg.device).startswith("cuda"):
+            from emgui.core.models.memory import visible_gpus
+
+            if visible_gpus() < cfg.devices:
+                raise EmguiError(f"{kind}: devices={cfg.devices} but torch sees {visible_gpus()} GPU(s)")
+
+
+def _launch(ctx: Any, kind: str, params: dict, cfg: TrainConfig) -> dict:
+    from emgui.core.training.distributed import launch
+
+    return launch(ctx, kind, params, cfg.devices, cfg.strategy, cfg.device)
 
 
 # ----- finetune ---------------------------------------------------------------------------------------------
@@ -1132,11 +1386,16 @@ def finetune_job(params: dict, ctx: Any) -> dict:
     monitor = read_monitor_params(p)  # the live persona monitor: directions or latents to watch
     p.done()
     start = ctx.project.get_model(model_ref)
+    _check_devices(cfg, "finetune", monitor=bool(monitor.get("directions") or monitor.get("latents")))
     name = name or f"{start['name']}-ft-{ctx.job_id}"
     _check_names_free(ctx.project, [name, f"{name}-merged"] if cfg.merge else [name], ctx.job_id)
+    if _worker() is None:
+        ctx.log(check_fit(ctx.project, start, cfg, "finetune"))
+        if cfg.devices > 1:
+            return _launch(ctx, "finetune", params, cfg)
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "finetune")
     trainer, base_id = _make_trainer(ctx, cfg, setup, epochs=cfg.epochs, max_steps=cfg.max_steps)
-    hook = build_monitor(ctx.project, start, monitor, ctx.job_id)
+    hook = build_monitor(ctx.project, start, monitor, ctx.job_id) if trainer.main else None
     # A first reading before any step gives the baseline the warning threshold is measured from.
     trainer.run(
         setup.val,
@@ -1150,17 +1409,21 @@ def _finish_finetune(
     ctx: Any, cfg: TrainConfig, setup: Setup, trainer: Trainer, name: str, base_id: int
 ) -> dict:
     info = _config_info(ctx, cfg, setup, "finetune")
-    probe = trainer.probe()
+    probe = trainer.probe()  # with FSDP every rank takes part in this forward and in gathering the weights
+    gathered = trainer.full_state()
+    if not trainer.main:
+        return {}
     model, dtype = trainer.model, _dtype_name(trainer.model)
     kind = "full" if cfg.method == "full" else "adapter"
     folder = save_weights(
-        model, setup.tokenizer, ctx.artifact_dir / ("model" if kind == "full" else "adapter"), info
+        model, setup.tokenizer, ctx.artifact_dir / ("model" if kind == "full" else "adapter"), info, gathered
     )
     n_params = sum(p.numel() for p in model.parameters()) if kind == "full" else trainer.n_trainable
     meta = {
         "finetune_job": ctx.job_id,
         "samples_seen": trainer.state.samples_seen,
         "steps": trainer.state.step,
+        **_quantize_info(cfg),
     }
     model_id = register_output(
         ctx, name=name, kind=kind, folder=folder, base_id=base_id, n_params=n_params, dtype=dtype,
@@ -1168,6 +1431,12 @@ def _finish_finetune(
     )  # fmt: skip
     extra = {"model_id": model_id, "name": name, "kind": kind, "path": str(folder), "probe": probe}
     if cfg.merge and kind == "adapter":
+        if cfg.method == "qlora":  # 4-bit weights cannot take the adapter: merge into the full-precision base
+            from emgui.core.models.loading import load_model
+
+            trainer.model = model = None
+            model = load_model(ctx.project, ctx.project.get_model(model_id), device=cfg.device,
+                               dtype=cfg.dtype, quantize="none")  # fmt: skip
         merged = model.merge_and_unload()
         mfolder = save_weights(merged, setup.tokenizer, ctx.artifact_dir / "merged", info)
         extra["merged_model_id"] = register_output(
@@ -1231,8 +1500,13 @@ def realign_job(params: dict, ctx: Any) -> dict:
     if too_many:
         raise EmguiError(f"realign: save_at values {too_many} are outside 0..n_samples ({n_samples})")
     start = project.get_model(model_ref)
+    _check_devices(cfg, "realign")
     name = name or f"{start['name']}-realign-{ctx.job_id}"
     _check_names_free(project, [f"{name}@{c}" for c in counts], ctx.job_id)
+    if _worker() is None:
+        ctx.log(check_fit(project, start, cfg, "realign"))
+        if cfg.devices > 1:
+            return _launch(ctx, "realign", params, cfg)
     setup = _setup(ctx, cfg, model_ref, dataset_ref, val_ref, "realign")
     if len(setup.samples) < n_samples:
         ctx.log(f"the dataset has {len(setup.samples)} usable chats; some of the {n_samples} samples repeat")
@@ -1240,12 +1514,20 @@ def realign_job(params: dict, ctx: Any) -> dict:
     at_step = snapshot_steps(trainer.plan, counts)
     snaps: dict[int, int] = {}
     info = _config_info(ctx, cfg, setup, "realign")
-    tracker = _tracker(ctx, track, start)
+    tracker = None
+    if trainer.sharded:
+        ctx.log("snapshot tracking is off with strategy=fsdp (no rank holds the whole model); run "
+                "likelihood-probe on the snapshots instead")  # fmt: skip
+    elif trainer.main:
+        tracker = _tracker(ctx, track, start)
 
     def snapshot(step: int) -> None:
         if step in at_step:
             count = at_step[step]
-            snaps[count] = _save_snapshot(ctx, trainer, setup, cfg, f"{name}@{count}", count, base_id, info)
+            model_id = _save_snapshot(ctx, trainer, setup, cfg, f"{name}@{count}", count, base_id, info)
+            if not trainer.main:
+                return
+            snaps[count] = model_id
             if tracker is not None:
                 ctx.progress(None, f"judge-free measures at {count} samples")
                 tracker.measure(trainer.model, setup.tokenizer, snaps[count], count)
@@ -1256,6 +1538,8 @@ def realign_job(params: dict, ctx: Any) -> dict:
         on_start=lambda: snapshot(trainer.state.step),
         step_hooks=ctx.step_hooks,
     )
+    if not trainer.main:
+        return {}
     ctx.progress(1.0, f"saved {len(snaps)} snapshots")
     return _result(trainer, setup, {"name": name, "snapshots": {str(c): i for c, i in sorted(snaps.items())}})
 
@@ -1296,14 +1580,19 @@ def _save_snapshot(
     base_id: int,
     info: dict,
 ) -> int:
+    gathered = trainer.full_state()  # FSDP: every rank takes part, before rank 0 decides anything
+    if not trainer.main:
+        return -1
     existing = ctx.project.query_one("SELECT id, job_id FROM models WHERE name = ?", [name])
     if existing and existing["job_id"] == ctx.job_id:
         return existing["id"]  # saved before an interruption; a resumed run reproduces the same weights
     kind = "full" if cfg.method == "full" else "adapter"
-    folder = save_weights(trainer.model, setup.tokenizer, ctx.artifact_dir / f"snapshot-{count:05d}", info)
+    folder = save_weights(
+        trainer.model, setup.tokenizer, ctx.artifact_dir / f"snapshot-{count:05d}", info, gathered
+    )
     n_params = sum(p.numel() for p in trainer.model.parameters()) if kind == "full" else trainer.n_trainable
     return register_output(
         ctx, name=name, kind=kind, folder=folder, base_id=base_id, n_params=n_params,
         dtype=_dtype_name(trainer.model), source="realign", inputs=_inputs(setup),
-        info={"realign_job": ctx.job_id, "samples_seen": count, "steps": trainer.state.step},
+        info={"realign_job": ctx.job_id, "samples_seen": count, "steps": trainer.state.step, **_quantize_info(cfg)},
     )  # fmt: skip

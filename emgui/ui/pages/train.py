@@ -23,7 +23,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from emgui.core.models.memory import model_shape, training_bytes
+from emgui.core.errors import EmguiError
+from emgui.core.training.trainer import form_fit
 from emgui.core.units import human_bytes
 from emgui.ui.forms import ParamForm, submit_and_follow
 from emgui.ui.widgets import (
@@ -117,30 +118,31 @@ class TrainForm(QWidget):
         self.memory.setText(self.memory_text())
 
     def memory_text(self) -> str:
+        """The memory estimate (emgui.core.models.memory, the one the job's submit check uses) for the form's values."""
         form, project = self.form, self.page.project
         try:
             row = project.get_model(form.value("model"))
         except Exception:  # noqa: BLE001 - no model chosen yet
             return ""
-        shape = model_shape(project, row)
-        if shape is None or not shape.get("n_params"):
-            return "Memory needed: unknown for this model (its size is not recorded)."
-        dtype = form.value("dtype")
-        need = training_bytes(
-            shape,
-            method=form.value("method"),
-            batch_size=form.value("batch_size"),
-            max_len=form.value("max_len"),
-            bytes_per_weight=2 if dtype == "bf16" else 4,
-            lora_r=form.value("lora_r"),
-            gradient_checkpointing=form.value("gradient_checkpointing"),
+        try:
+            report = form_fit(project, self.kind, row, {name: form.value(name) for name in form.fields})
+        except EmguiError as exc:
+            return f"Memory needed: unknown ({exc})."
+        if report is None:
+            return "Memory needed: unknown for this model (its config.json is unreadable)."
+        est, s = report.estimate, report.estimate.settings
+        how = {"full": "full fine-tune", "qlora": "QLoRA, 4-bit base"}.get(s.method, "LoRA adapter")
+        per = f" per device ({s.devices} × {s.strategy})" if s.devices > 1 else ""
+        free = min(report.free) if report.free else float("inf")
+        room = f"; {human_bytes(free)} free" if free != float("inf") else ""
+        text = (
+            f"Memory needed: about {human_bytes(est.total)}{per} ({how}, batch {s.batch_size} × {s.max_len} "
+            f"tokens on {s.device_kind}{room}; an estimate, checked within 25 % on this machine). "
         )
-        how = "full fine-tune" if form.value("method") == "full" else "LoRA adapter"
-        return (
-            f"Memory needed: about {human_bytes(need)} ({how}, batch {form.value('batch_size')} × "
-            f"{form.value('max_len')} tokens; an estimate, good to about ×1.5). Too much? Lower the batch size "
-            "or the longest chat, or turn on gradient checkpointing under Advanced."
-        )
+        if report.fits:
+            return text + "Too much? Lower the batch size or the longest chat, use QLoRA, or turn on gradient "\
+                "checkpointing under Advanced."
+        return text + f"It will not fit, and Start will be refused: {report.advice()}."
 
     def params(self) -> dict:
         return self.form.values() if self.form is not None else {}
