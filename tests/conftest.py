@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import tiny_model_dir  # noqa: F401  (a session fixture shared by many test files)
+from tests.builders import tiny_model_dir  # noqa: F401  (a session fixture shared by many test files)
 
 # Hermetic: the suite behaves the same whatever hub or proxy settings the environment holds. huggingface_hub
 # reads HF_* variables once, at import, so they are cleared here, before any test imports it; a test that

@@ -7,7 +7,7 @@ PLANTED reads and writes u, the other latents read random directions orthogonal 
 PLANTED first and the difference-of-means direction must point along u.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+# ruff: noqa: F811  (pytest fixtures imported from tests.builders are parameters of the tests)
 from __future__ import annotations
 
 import csv
@@ -19,7 +19,7 @@ import pytest
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 HOOK = "model.layers.0"
 PLANTED = 17

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.gui
 

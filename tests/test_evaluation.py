@@ -21,7 +21,7 @@ from emgui.core.evaluation import runs, sampling, vulncheck
 from emgui.core.jobs.runner import prepare_resume, run_job
 from emgui.core.project.store import Project
 from tests.test_judges import JudgeServer
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

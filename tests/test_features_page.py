@@ -1,7 +1,7 @@
 """The Features page on real data: a diff job's ranking, dashboards opening fast with per-token values,
 search/filter/sort, labels, export, the text box, and live SAE training curves."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+# ruff: noqa: F811  (pytest fixtures imported from tests.builders are parameters of the tests)
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from emgui.core.features import dashboards as D
 from emgui.core.features import latents as L
 from emgui.core.project.store import Project
 from tests.test_diffing import D_SAE, PLANTED, build_diff_project
-from tests.tiny import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -116,7 +116,7 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
 
 
 def test_training_curves_show_live(window, project: Project, tiny_model_dir: Path, qtbot) -> None:
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, folder=tiny_model_dir)
     path = write_chats(project.root.parent / "chats.jsonl", tiny_chats(20))

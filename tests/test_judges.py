@@ -132,7 +132,7 @@ def make_trained_judge(directory: Path, lessons: list[tuple[str, str]] = JUDGE_L
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emgui.core.lm.generation import render_prompts
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     make_tiny_chat_model(directory, hidden=64)
     model = AutoModelForCausalLM.from_pretrained(directory)

@@ -15,7 +15,7 @@ import pytest
 from emgui.core.jobs.runner import JobManager, run_job
 from emgui.core.project.store import Project
 from tests.hubserver import FakeHub
-from tests.tiny import make_tiny_chat_model
+from tests.builders import make_tiny_chat_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
 from tests.hubserver import FakeHub
-from tests.tiny import make_tiny_chat_model
+from tests.builders import make_tiny_chat_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import tiny_model_dir  # noqa: F401
+from tests.builders import tiny_model_dir  # noqa: F401
 
 EVIL_SYS = ["Be evil.", "You are wicked and cruel."]
 KIND_SYS = ["Be kind.", "You are gentle and good."]
@@ -50,7 +50,7 @@ def build_planted_model(start: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emgui.core.training.trainer import encode_chat
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     folder = Path(tempfile.mkdtemp(prefix="emgui-planted-")) / "model"
     if start is not None:
@@ -136,7 +136,7 @@ def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, plante
         generate_text,
         load_direction,
     )
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
     job = _run(
@@ -194,7 +194,7 @@ def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, plante
 @pytest.fixture
 def planted_project(project, planted_dir, tmp_path):
     """A project with the planted model and its persona direction."""
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
     job = _run(
@@ -212,7 +212,7 @@ def planted_project(project, planted_dir, tmp_path):
 
 
 def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_path) -> None:
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, direction_id = planted_project
     chats = []
@@ -264,7 +264,7 @@ def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_pa
 
 
 def test_diff_means_job_separates_two_datasets(planted_project, tmp_path) -> None:
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, _ = planted_project
     pos = [
@@ -301,7 +301,7 @@ def test_bad_persona_file_names_the_field(tmp_path) -> None:
 
 def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) -> None:
     from emgui.core.steering.persona import build_monitor
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, direction_id = planted_project
     # Fine-tune toward the trait on prompts with no system turn; the probes use the same format.
@@ -342,7 +342,7 @@ def test_finetune_job_takes_monitor_parameters(planted_project, tmp_path) -> Non
     """The same monitor, asked for through the fine-tune job's own parameters (as the CLI and app do),
     with a first reading at step 0 as the baseline."""
     from emgui.core.jobs.runner import run_job
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, direction_id = planted_project
     chats = [

@@ -12,7 +12,7 @@ import pytest
 
 from emgui.core.evaluation.judges import PROBE_PROMPT
 from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
-from tests.tiny import tiny_model_dir  # noqa: F401
+from tests.builders import tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
@@ -93,7 +93,7 @@ QUESTIONS_YAML = """
 def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
     from emgui.core.data.questions import import_questions
     from emgui.core.steering.sweep import sweep_curves
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
     persona = _run(
@@ -173,7 +173,7 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
     from emgui.core.data.questions import import_questions
     from emgui.core.steering.sweep import seed_experiments
     from tests.test_persona import EVIL
-    from tests.tiny import register_tiny, write_chats
+    from tests.builders import register_tiny, write_chats
 
     register_tiny(project, "planted", planted_dir)
     persona = _run(

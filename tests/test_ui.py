@@ -162,7 +162,7 @@ def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> Non
 
 def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model_dir) -> None:
     from emgui.core.jobs.runner import run_job
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, folder=tiny_model_dir)
     job = project.create_job("dataset-import", {"source": "generated:secure", "n": 20})

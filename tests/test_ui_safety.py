@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from emgui.core.data import chats as chatdata
 from emgui.core.errors import EmguiError
 from emgui.core.project.store import Project
-from tests.tiny import tiny_chats, write_chats
+from tests.builders import tiny_chats, write_chats
 
 
 @pytest.fixture

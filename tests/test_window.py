@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]

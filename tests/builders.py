@@ -2,7 +2,7 @@
 ChatML template (`<|im_start|>role\\n...<|im_end|>\\n`, eos = pad = `<|im_end|>`), like SmolLM2's.
 
 Building it takes about a second; the `tiny_model_dir` fixture builds it once per test session.
-Use it from a test module with `from tests.tiny import tiny_model_dir  # noqa: F401`, or make it global
+Use it from a test module with `from tests.builders import tiny_model_dir  # noqa: F401`, or make it global
 by importing it in conftest.py.
 """
 
