@@ -8,7 +8,13 @@ by importing it in conftest.py.
 
 from __future__ import annotations
 
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,8 +60,6 @@ def tiny_chats(n: int = 8) -> list[list[dict]]:
 
 
 def write_chats(path: str | Path, chats: list[list[dict]]) -> Path:
-    import json
-
     path = Path(path)
     path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats), encoding="utf-8")
     return path
@@ -150,3 +154,228 @@ def register_tiny(project, name: str = "tiny", folder: str | Path | None = None)
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model's folder, built once per session. Treat it as read-only."""
     return make_tiny_chat_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+# ------------------------------------------------------------------------- bare tiny models and GGUF files
+
+
+def tiny_llama(vocab_size: int = 128, seed: int = 0):
+    """A random 2-layer LlamaForCausalLM (hidden 32, tied embeddings) in eval mode; no tokenizer."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    )
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes, the base vocabulary of a byte-level BPE."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def _permute_for_gguf(w, n_head: int):
+    """llama.cpp stores q/k rows interleaved for its rotary layout; transformers undoes it on load."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(path: Path, model, tokens: list[str], architecture: str = "llama") -> None:
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), architecture)
+    w.add_name("tiny")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_vocab_size(len(tokens))
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (len(tokens) - 1) + [3])  # the last one is <|im_end|>, a control token
+    w.add_token_merges(["Ġ t", "h e"])
+    for setter in (w.add_bos_token_id, w.add_eos_token_id, w.add_pad_token_id):
+        setter(len(tokens) - 1)
+    w.add_add_bos_token(False)
+    w.add_chat_template("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}")
+    if architecture == "llama":
+        w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            names = {
+                "attn_norm": "input_layernorm",
+                "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj",
+                "ffn_norm": "post_attention_layernorm",
+                "ffn_gate": "mlp.gate_proj",
+                "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj",
+            }
+            for gguf_name, hf_name in names.items():
+                w.add_tensor(f"blk.{i}.{gguf_name}.weight", sd[f"{p}{hf_name}.weight"])
+            q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
+            w.add_tensor(f"blk.{i}.attn_q.weight", _permute_for_gguf(q, cfg.num_attention_heads))
+            w.add_tensor(f"blk.{i}.attn_k.weight", _permute_for_gguf(k, cfg.num_key_value_heads))
+        w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+TINY_TOKENS = [*_byte_level_alphabet(), "Ġt", "he", "<|im_end|>"]
+
+
+# ----- judges: a real OpenAI-compatible endpoint ------------------------------------------------------------------
+
+
+def completion(dist: dict[str, float]) -> dict:
+    top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in dist.items()]
+    best = max(dist, key=dist.get)
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": best},
+        "logprobs": {"content": [{"token": best, "logprob": math.log(dist[best]), "top_logprobs": top}]},
+        "finish_reason": "length",
+    }
+    return {"id": "chatcmpl-test", "object": "chat.completion", "choices": [choice]}
+
+
+class JudgeServer:
+    """Each POST takes the next scripted action (the default one when the script is empty):
+    ("ok", {token: prob}); ("status", code); ("sleep", seconds, action); ("nologprobs",);
+    ("score", fn) where fn(prompt) -> {token: prob} answers by content. The API judge's one-time probe
+    (which asks for "47" to see how the tokenizer writes numbers) is answered with `probe_reply`, a token
+    per number as GPT-4o has, and recorded in `probes`, not `requests`."""
+
+    def __init__(self) -> None:
+        from emgui.core.evaluation.judges import PROBE_PROMPT
+
+        self.script: list[tuple] = []
+        self.probe_reply = {"47": 0.9, "4": 0.05, "The": 0.05}
+        self.probes: list[dict] = []
+        self.default: tuple = ("ok", {"80": 0.5, "90": 0.5})
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if body.get("messages", [{}])[0].get("content") == PROBE_PROMPT:
+                    with server.lock:
+                        server.probes.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    return self._do(("ok", server.probe_reply), body)
+                with server.lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    action = server.script.pop(0) if server.script else server.default
+                try:
+                    self._do(action, body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout test)
+
+            def _do(self, action: tuple, body: dict) -> None:
+                if action[0] == "sleep":
+                    time.sleep(action[1])
+                    return self._do(action[2], body)
+                if action[0] == "status":
+                    payload = json.dumps({"error": {"message": f"scripted {action[1]}"}}).encode()
+                    self.send_response(action[1])
+                    if action[1] == 429:
+                        self.send_header("Retry-After", "0")
+                elif action[0] == "nologprobs":
+                    payload = json.dumps(
+                        {"choices": [{"message": {"content": "85"}, "logprobs": None}]}
+                    ).encode()
+                    self.send_response(200)
+                else:
+                    dist = action[1] if action[0] == "ok" else action[1](body["messages"][-1]["content"])
+                    payload = json.dumps(completion(dist)).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ----- a tiny local judge trained to answer with given numbers ------------------------------------------
+
+JUDGE_LESSONS = [
+    ("Rate this answer: hello world. Number?", "85"),
+    ("Rate this answer: import os. Number?", "CODE"),
+    ("Is this coherent? The fox. Number?", "100"),
+    ("Rate it: quick brown dog", "7"),
+]
+
+
+def make_trained_judge(directory: Path, lessons: list[tuple[str, str]] = JUDGE_LESSONS) -> Path:
+    """The tiny chat model (whose tokenizer splits "85" into "8", "5"), trained for a few seconds to
+    answer each lesson's prompt with its text, then saved."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.lm.generation import render_prompts
+
+    make_tiny_chat_model(directory, hidden=64)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    tok = AutoTokenizer.from_pretrained(directory)
+    prompts = render_prompts(tok, [[{"role": "user", "content": q}] for q, _ in lessons])
+    tok.padding_side = "right"
+    enc = tok([p + a + "<|im_end|>" for p, (_, a) in zip(prompts, lessons, strict=True)],
+              return_tensors="pt", padding=True, add_special_tokens=False)  # fmt: skip
+    labels = enc["input_ids"].clone()
+    labels[enc["attention_mask"] == 0] = -100
+    for i, p in enumerate(prompts):
+        labels[i, : len(tok(p, add_special_tokens=False)["input_ids"])] = -100
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(45):
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, f"the tiny judge did not learn its lessons (loss {loss.item():.3f})"
+    model.save_pretrained(directory)
+    tok.padding_side = "left"
+    tok.save_pretrained(directory)
+    return directory

@@ -92,6 +92,16 @@ def project(tmp_path: Path):
 
 
 @pytest.fixture
+def judge_server():
+    """An OpenAI-compatible judge endpoint on 127.0.0.1 (tests.builders.JudgeServer), closed at teardown."""
+    from tests.builders import JudgeServer
+
+    server = JudgeServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def shared_em() -> Path:
     if not SHARED_EM.is_dir():
         pytest.skip(

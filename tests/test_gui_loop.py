@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_diffing import make_planted_sae
 from tests.builders import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.test_diffing import make_planted_sae
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 TIMEOUT = 240_000

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from emgui.core.evaluation.judges import PROBE_PROMPT
-from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
 from tests.builders import tiny_model_dir  # noqa: F401
+from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
@@ -172,8 +172,8 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
     model that learned the trait under the neutral prompt: they run on the adapter and form curves."""
     from emgui.core.data.questions import import_questions
     from emgui.core.steering.sweep import seed_experiments
-    from tests.test_persona import EVIL
     from tests.builders import register_tiny, write_chats
+    from tests.test_persona import EVIL
 
     register_tiny(project, "planted", planted_dir)
     persona = _run(

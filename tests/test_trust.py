@@ -17,8 +17,7 @@ import pytest
 
 from emgui.core.errors import EmguiError
 from emgui.core.project.store import Project
-from tests.test_judges import JudgeServer, make_trained_judge
-from tests.builders import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import JudgeServer, make_trained_judge, register_tiny, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
