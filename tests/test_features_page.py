@@ -13,8 +13,7 @@ import pytest
 from emgui.core.features import dashboards as D
 from emgui.core.features import latents as L
 from emgui.core.project.store import Project
-from tests.builders import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
-from tests.test_diffing import D_SAE, PLANTED, build_diff_project
+from tests.builders import D_SAE, PLANTED, build_diff_project, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
-from tests.test_diffing import make_planted_sae
+from tests.builders import make_planted_sae, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 TIMEOUT = 240_000
