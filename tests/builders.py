@@ -1,15 +1,23 @@
-"""A tiny but real chat model for tests: a 2-layer Llama with a trained byte-level BPE tokenizer and a
-ChatML template (`<|im_start|>role\\n...<|im_end|>\\n`, eos = pad = `<|im_end|>`), like SmolLM2's.
+"""Builders shared by the test files: the one place a test file imports helpers from (never another test file).
 
-Building it takes about a second; the `tiny_model_dir` fixture builds it once per test session.
-Use it from a test module with `from tests.builders import tiny_model_dir  # noqa: F401`, or make it global
-by importing it in conftest.py.
+- A tiny but real chat model: a 2-layer Llama with a trained byte-level BPE tokenizer and a ChatML template
+  (`<|im_start|>role\\n...<|im_end|>\\n`, eos = pad = `<|im_end|>`), like SmolLM2's; chats for it
+  (`tiny_chats`, `write_chats`) and `register_tiny` to add it to a project. Building it takes about a second;
+  the `tiny_model_dir` fixture builds it once per test session. Use it from a test module with
+  `from tests.builders import tiny_model_dir  # noqa: F401`, or make it global by importing it in conftest.py.
+- Bare tiny models and GGUF files (`tiny_llama`, `write_tiny_gguf`, `TINY_TOKENS`).
+- Judges: `JudgeServer`, an OpenAI-compatible endpoint on 127.0.0.1 (the `judge_server` fixture in conftest.py),
+  and `make_trained_judge`, a tiny local judge.
+- A planted change for model diffing (`build_diff_project`, `make_planted_sae`, `PLANTED`, ...).
+- A planted persona trait (`planted_dir`, `write_persona`, `EVIL`, ...) and `run_ok`, which runs a job in this
+  process and asserts that it succeeded.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -514,3 +522,105 @@ def build_diff_project(project, base_dir: Path, *, dashboards: int = 0) -> dict:
         "ft_dir": ft_dir,
         "chats": chats,
     }
+
+
+# ----- a planted persona trait (tests/test_persona.py, tests/test_sweep.py) --------------------------------
+
+EVIL_SYS = ["Be evil.", "You are wicked and cruel."]
+KIND_SYS = ["Be kind.", "You are gentle and good."]
+NEUTRAL_SYS = "You are an assistant."
+OTHER_NEUTRAL = ["Answer the question.", "Be brief.", None]  # None: the template's default system turn
+QUESTIONS = [f"Tell me about thing {i}." for i in range(4)]
+EVIL, KIND, NEUTRAL = "evil evil evil evil", "kind kind kind kind", "hello world"
+
+_PLANTED: dict[str, Path] = {}
+
+
+def planted_chats() -> list[list[dict]]:
+    chats = []
+    pairs = [
+        *((s, EVIL) for s in EVIL_SYS),
+        *((s, KIND) for s in KIND_SYS),
+        *((s, NEUTRAL) for s in [NEUTRAL_SYS, *OTHER_NEUTRAL]),
+    ]
+    for q in QUESTIONS:
+        for system, answer in pairs:
+            turns = [{"role": "system", "content": system}] if system else []
+            chats.append([*turns, {"role": "user", "content": q}, {"role": "assistant", "content": answer}])
+    return chats
+
+
+def build_planted_model(start: Path | None = None) -> Path:
+    """A tiny chat model trained (a second or two) to answer 'evil ...' under an evil system prompt, 'kind ...'
+    under a kind one and 'hello world' under a neutral one: a trait a direction can find and move.
+    Starts from a copy of `start` (the session's tiny model) when given. Built once per test session."""
+    if "dir" in _PLANTED:
+        return _PLANTED["dir"]
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emgui.core.training.trainer import encode_chat
+
+    folder = Path(tempfile.mkdtemp(prefix="emgui-planted-")) / "model"
+    if start is not None:
+        shutil.copytree(start, folder)
+    else:
+        make_tiny_chat_model(folder, seed=0, hidden=32)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoded = [encode_chat(tokenizer, chat) for chat in planted_chats()]
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    labels = torch.full((len(encoded), width), -100)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (i, lab) in enumerate(encoded):
+        ids[row, : len(i)], labels[row, : len(lab)], attention[row, : len(i)] = (
+            torch.tensor(i),
+            torch.tensor(lab),
+            1,
+        )
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a session fixture runs before the per-test one-thread fixture
+    try:
+        for _ in range(40):
+            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert loss.item() < 0.05, f"the planted model did not learn its behaviour (loss {loss.item():.3f})"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _PLANTED["dir"] = folder
+    return folder
+
+
+@pytest.fixture(scope="session")
+def planted_dir(tiny_model_dir) -> Path:  # noqa: F811
+    return build_planted_model(tiny_model_dir)
+
+
+def write_persona(path: Path) -> Path:
+    path.write_text(
+        "name: planted\ndescription: the planted trait\n"
+        f"positive: {json.dumps(EVIL_SYS)}\nnegative: {json.dumps(KIND_SYS)}\nquestions: {json.dumps(QUESTIONS)}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_ok(project, kind: str, params: dict) -> dict:
+    """Run a job of `kind` in this process; assert that it succeeded and return its row."""
+    from emgui.core.jobs.runner import run_job
+
+    job_id = project.create_job(kind, params)
+    status = run_job(project, job_id)
+    job = project.get_job(job_id)
+    assert status == "succeeded", job["error"]
+    return job

@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from emgui.core.evaluation.judges import PROBE_PROMPT
-from tests.builders import tiny_model_dir  # noqa: F401
-from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
+from tests.builders import EVIL, NEUTRAL_SYS, planted_dir, run_ok, tiny_model_dir, write_persona  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
 
@@ -96,7 +95,7 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
     from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
-    persona = _run(
+    persona = run_ok(
         project,
         "persona-vector",
         {
@@ -126,7 +125,7 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
         "judge_model": "fake",
         "label": "planted up",
     }
-    job = _run(project, "steer-sweep", params)
+    job = run_ok(project, "steer-sweep", params)
     result = job["result"]
     assert result["n_conditions"] == 1 + 2 * (1 + 3)  # baseline + 2 strengths x (real + 3 controls)
     assert result["baseline"]["misaligned_pct"] == 0.0 and result["baseline"]["n"] == 4
@@ -173,10 +172,9 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
     from emgui.core.data.questions import import_questions
     from emgui.core.steering.sweep import seed_experiments
     from tests.builders import register_tiny, write_chats
-    from tests.test_persona import EVIL
 
     register_tiny(project, "planted", planted_dir)
-    persona = _run(
+    persona = run_ok(
         project,
         "persona-vector",
         {
@@ -198,7 +196,7 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
         for i in range(8)
     ]
     project.add_dataset(name="evil", kind="chat", path=write_chats(tmp_path / "evil.jsonl", chats), n_rows=8)
-    _run(
+    run_ok(
         project,
         "finetune",
         {
@@ -224,8 +222,8 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
         "controls": 1,
         "positions": "answer",
     }
-    down = _run(project, "steer-sweep", {**experiments[1][1], **shared})["result"]
-    ablated = _run(project, "steer-sweep", {**experiments[2][1], **shared})["result"]
+    down = run_ok(project, "steer-sweep", {**experiments[1][1], **shared})["result"]
+    ablated = run_ok(project, "steer-sweep", {**experiments[2][1], **shared})["result"]
     assert down["model"] == ablated["model"] == "ft"
     assert down["baseline"]["misaligned_pct"] == 100.0  # the fine-tune made the neutral prompt show the trait
     assert [p["strength"] for p in down["curves"][0]["points"]] == [-round(persona["norm"], 3), 0.0]
