@@ -103,7 +103,7 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
     page.filter_combo.setCurrentIndex(0)
 
     no_dash = next(r["latent"] for r in page.model.rows if not r["has_dashboard"])
-    page._link(QUrl(f"latent:{no_dash}"))  # a neighbour link
+    page.view.anchorClicked.emit(QUrl(f"latent:{no_dash}"))  # a click on a neighbour link
     assert page.latent == no_dash and not page.build_one.isHidden()
     assert "No dashboard" in page.view.toPlainText()
 
@@ -128,12 +128,10 @@ def test_training_curves_show_live(window, project: Project, tiny_model_dir: Pat
         "model": "tiny", "hook": "model.layers.1", "datasets": ["chats"], "d_sae": 32, "k": 4,
         "tokens": 80 * 128, "batch_size": 128, "lr": 3e-3, "ce_sequences": 0,
     }  # fmt: skip
-    job = page._submit("sae-train", params)
-    page._watch_job = job
-    page._fill_training_runs()
+    job = page.start_training(params)
     qtbot.waitUntil(lambda: project.get_job(job)["status"] == "succeeded", timeout=90000)
     qtbot.waitUntil(lambda: page.sae_table.rowCount() == 1, timeout=10000)
-    assert {"loss", "l0", "explained_variance", "dead_fraction"} <= set(page._plots.metric_names())
-    xs, _ = page._plots.data[(f"#{job}", "loss")]
+    assert {"loss", "l0", "explained_variance", "dead_fraction"} <= set(page.plots.metric_names())
+    xs, _ = page.plots.data[(f"#{job}", "loss")]
     assert len(xs) >= 10 and xs == sorted(xs)
     assert page.sae_table.item(0, 1).text() == "trained" and page.sae_table.item(0, 7).text() != ""
