@@ -40,7 +40,7 @@ def build_project(root: Path, d_sae: int, n_dash: int) -> tuple:
     from emgui.core.features.saes import register_sae
     from emgui.core.jobs.runner import run_job
     from emgui.core.project.store import Project
-    from tests.tiny import make_tiny_chat_model, tiny_chats
+    from tests.builders import make_tiny_chat_model, tiny_chats
 
     project = Project.create(root / "proj")
     base = make_tiny_chat_model(root / "base", hidden=64)

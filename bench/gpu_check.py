@@ -77,7 +77,7 @@ def build_model(project: Any, name: str, shape: dict, device: str, dtype: Any) -
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tests.tiny import CHAT_TEMPLATE, build_tiny_tokenizer
+    from tests.builders import CHAT_TEMPLATE, build_tiny_tokenizer
 
     folder = project.root.parent / f"{name}-model"
     tokenizer = build_tiny_tokenizer()

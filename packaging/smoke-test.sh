@@ -79,7 +79,7 @@ build() {
 }
 
 check_bundle_files() {
-    # The recording runs the loop on tests/tiny.py's model, which needs pytest; installed only now, after
+    # The recording runs the loop on tests/builders.py's model, which needs pytest; installed only now, after
     # the build, so that it cannot end up in the bundle.
     "$vpy" -m pip install -q "pytest>=8"
     "$vpy" "$repo/packaging/check_data_files.py" --bundle "$bundle"

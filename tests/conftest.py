@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import tiny_model_dir  # noqa: F401  (a session fixture shared by many test files)
+from tests.builders import tiny_model_dir  # noqa: F401  (a session fixture shared by many test files)
 
 # Hermetic: the suite behaves the same whatever hub or proxy settings the environment holds. huggingface_hub
 # reads HF_* variables once, at import, so they are cleared here, before any test imports it; a test that
@@ -99,6 +99,16 @@ def project(tmp_path: Path):
     proj = Project.create(tmp_path / "proj")
     yield proj
     proj.close()
+
+
+@pytest.fixture
+def judge_server():
+    """An OpenAI-compatible judge endpoint on 127.0.0.1 (tests.builders.JudgeServer), closed at teardown."""
+    from tests.builders import JudgeServer
+
+    server = JudgeServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture

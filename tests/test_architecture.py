@@ -114,3 +114,32 @@ def test_pages_use_core_functions_not_sql() -> None:
         if sql.search(line)
     ]
     assert not offenders, offenders
+
+
+def _test_module_imports(path: Path) -> list[str]:
+    """The test modules (tests/test_*.py) a file imports, however written: `from tests.test_x import ...`,
+    `import tests.test_x`, `from tests import test_x` or `from .test_x import ...` (at the top or inside
+    functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("tests.test_")]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 0 and module.startswith("tests.test_"):
+                found.append(module)
+            elif (node.level == 0 and module == "tests") or (node.level > 0 and not module):
+                found += [f"tests.{a.name}" for a in node.names if a.name.startswith("test_")]
+            elif node.level > 0 and module.startswith("test_"):
+                found.append(f"tests.{module}")
+    return found
+
+
+def test_no_file_imports_from_a_test_file() -> None:
+    """Helpers shared by several test files live in tests/builders.py (or fixtures in tests/conftest.py):
+    a test file imported by another runs its module-level code twice and ties the two files together."""
+    files = [p for folder in ("tests", "bench", "packaging") for p in (REPO / folder).rglob("*.py")]
+    assert len(files) > 50
+    offenders = [f"{path.relative_to(REPO)}: {module}" for path in files for module in _test_module_imports(path)]
+    assert not offenders, offenders

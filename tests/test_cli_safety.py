@@ -18,7 +18,7 @@ from emgui.core.errors import EmguiError
 from emgui.core.jobs.params import Params, parse_cli_params
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, write_chats
+from tests.builders import register_tiny, tiny_chats, write_chats
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ PLANTED reads and writes u, the other latents read random directions orthogonal 
 PLANTED first and the difference-of-means direction must point along u.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+# ruff: noqa: F811  (pytest fixtures imported from tests.builders are parameters of the tests)
 from __future__ import annotations
 
 import csv
@@ -19,140 +19,22 @@ import pytest
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
-
-HOOK = "model.layers.0"
-PLANTED = 17
-D_SAE = 64
-
+from tests.builders import (  # noqa: F401
+    D_SAE,
+    HOOK,
+    PLANTED,
+    add_samples,
+    build_diff_project,
+    encode_chats,
+    make_planted_sae,
+    planted_direction,
+    register_tiny,
+    tiny_chats,
+    tiny_model_dir,
+    write_chats,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
-
-
-def planted_direction(d: int = 32):
-    import torch
-
-    u = torch.randn(d, generator=torch.Generator().manual_seed(7))
-    return u / u.norm()
-
-
-def _encoded(tokenizer, chats):
-    from emgui.core.lm.activations import encode_chat, pad_batch
-
-    enc = [encode_chat(tokenizer, c) for c in chats]
-    batch = pad_batch([e["input_ids"] for e in enc], tokenizer.pad_token_id)
-    mask = pad_batch([e["answer_mask"] for e in enc], 0)["input_ids"].bool()
-    return batch, mask
-
-
-def make_planted_finetune(base_dir: Path, out_dir: Path, chats: list, steps: int = 12) -> Path:
-    """Fine-tune layer 0 of a copy of the base so that its output grows along u on answer tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from emgui.core.lm.activations import capture
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    batch, mask = _encoded(tokenizer, chats)
-    h0 = next(capture(model, HOOK, [batch]))[mask]
-    u = planted_direction(model.config.hidden_size)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("model.layers.0."))
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    store = {}
-    handle = model.model.layers[0].register_forward_hook(lambda _m, _a, out: store.__setitem__("h", out))
-    for _ in range(steps):
-        model.model(**batch)
-        h = store["h"][0] if isinstance(store["h"], tuple) else store["h"]
-        delta = h[mask] - h0
-        along = delta @ u
-        loss = -along.mean() + (delta - along[:, None] * u).pow(2).sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    handle.remove()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-def make_planted_sae(folder: Path, d_in: int = 32) -> Path:
-    """A standard (ReLU) SAE whose latent PLANTED is u and whose other latents are orthogonal to u."""
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    u = planted_direction(d_in)
-    w = torch.randn(D_SAE, d_in, generator=torch.Generator().manual_seed(3))
-    w = w - (w @ u)[:, None] * u
-    w = w / w.norm(dim=-1, keepdim=True)
-    w[PLANTED] = u
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=D_SAE, metadata=SAEMetadata(hook_name=HOOK)))
-    with torch.no_grad():
-        sae.W_dec.copy_(w)
-        sae.W_enc.copy_(w.T)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    sae.save_model(folder)
-    return folder
-
-
-def add_samples(project: Project, model_id: int, chats: list, scores: list | None = None) -> int:
-    """A sampling job's rows, written directly (as the sample job would), with optional judge scores."""
-    job = project.create_job("sample", {})
-    project.update_job(job, status="succeeded")
-    for i, chat in enumerate(chats):
-        system = chat[0]["content"] if chat[0]["role"] == "system" else None
-        sid = project.insert(
-            "samples",
-            {
-                "job_id": job,
-                "model_id": model_id,
-                "question_id": f"q{i}",
-                "prompt": chat[-2]["content"],
-                "system": system,
-                "answer": chat[-1]["content"],
-                "created_at": 0.0,
-            },
-        )
-        if scores:
-            aligned, coherent = scores[i]
-            for metric, value in (("aligned", aligned), ("coherent", coherent)):
-                project.insert(
-                    "scores",
-                    {"sample_id": sid, "judge": "t", "metric": metric, "value": value, "created_at": 0.0},
-                )
-    return job
-
-
-def build_diff_project(project: Project, base_dir: Path, *, dashboards: int = 0) -> dict:
-    """A project with the tiny base, its planted fine-tune, the planted SAE, judged samples, and a
-    finished diff job. Shared with the feature-browser tests."""
-    from emgui.core.features.saes import register_sae
-
-    root = project.root.parent
-    base_id = register_tiny(project, "base", folder=base_dir)
-    chats = tiny_chats(12)
-    ft_dir = make_planted_finetune(base_dir, root / "ft-model", chats)
-    ft_id = project.add_model(name="ft", kind="full", source=str(ft_dir), path=ft_dir, base_model_id=base_id)
-    sae_folder = make_planted_sae(project.artifacts_dir / "saes" / "planted")
-    sae_id = register_sae(project, sae_folder, name="planted", source="folder", model_id=base_id)
-    # even: aligned; odd: misaligned; the last is misaligned but incoherent, so it counts in neither group
-    scores = [(90.0, 90.0) if i % 2 == 0 else (10.0, 80.0) for i in range(11)] + [(5.0, 20.0)]
-    prompts = add_samples(project, ft_id, chats, scores)
-    job = project.create_job(
-        "diff", {"sae": "planted", "ft": "ft", "prompts": prompts, "dashboards": dashboards}
-    )
-    assert run_job(project, job) == "succeeded", project.get_job(job)["traceback"]
-    return {
-        "job": job,
-        "sae_id": sae_id,
-        "base_id": base_id,
-        "ft_id": ft_id,
-        "ft_dir": ft_dir,
-        "chats": chats,
-    }
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -192,7 +74,7 @@ def test_planted_change_ranks_first_and_directions_point_along_it(
     model = AutoModelForCausalLM.from_pretrained(setup["ft_dir"])
     means = {}
     for group, idx in (("mis", [1, 3, 5, 7, 9]), ("ali", [0, 2, 4, 6, 8, 10])):
-        batch, mask = _encoded(tokenizer, [setup["chats"][i] for i in idx])
+        batch, mask = encode_chats(tokenizer, [setup["chats"][i] for i in idx])
         means[group] = next(capture(model, HOOK, [batch]))[mask].mean(0)
     stored = load_file(str(project.abspath(rows["misaligned-minus-aligned"]["path"])))["direction"]
     assert torch.allclose(stored, means["mis"] - means["ali"], atol=1e-4)
@@ -352,7 +234,7 @@ def make_shifted_finetune(base_dir: Path, out_dir: Path, chats: list, target, st
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    batch, mask = _encoded(tokenizer, chats)
+    batch, mask = encode_chats(tokenizer, chats)
     h0 = next(capture(model, HOOK, [batch]))[mask]
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("model.layers.0."))

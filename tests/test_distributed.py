@@ -19,7 +19,7 @@ import pytest
 
 from emgui.core.jobs.runner import JobManager, prepare_resume, run_job
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, write_chats
+from tests.builders import register_tiny, tiny_chats, write_chats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

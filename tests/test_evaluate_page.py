@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.gui
 
@@ -165,7 +165,7 @@ def test_judge_status_and_one_click_check(page, qtbot) -> None:
     page, _, _ = page
     index = page.judge_combo.findText("Local: base")
     page.judge_combo.setCurrentIndex(index)
-    page._judge_chosen(index)
+    page.judge_combo.activated.emit(index)  # what choosing it in the list does
     assert "not validated" in page.judge_status.text() and page.judge_status.isVisibleTo(page)
     base = page.project.get_model("base")
     add_check(page.project, f"local:base#{base['id']}|prefix='Score:'", valid=False)

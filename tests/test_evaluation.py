@@ -20,8 +20,7 @@ from emgui.core.errors import Cancelled, EmguiError
 from emgui.core.evaluation import runs, sampling, vulncheck
 from emgui.core.jobs.runner import prepare_resume, run_job
 from emgui.core.project.store import Project
-from tests.test_judges import JudgeServer
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import JudgeServer, register_tiny, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,13 +50,6 @@ def small_set(tmp_path: Path) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(SMALL_SET)
     return path
-
-
-@pytest.fixture
-def judge_server():
-    server = JudgeServer()
-    yield server
-    server.close()
 
 
 def content_judge(prompt: str) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The Features page on real data: a diff job's ranking, dashboards opening fast with per-token values,
 search/filter/sort, labels, export, the text box, and live SAE training curves."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+# ruff: noqa: F811  (pytest fixtures imported from tests.builders are parameters of the tests)
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,7 @@ import pytest
 from emgui.core.features import dashboards as D
 from emgui.core.features import latents as L
 from emgui.core.project.store import Project
-from tests.test_diffing import D_SAE, PLANTED, build_diff_project
-from tests.tiny import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import D_SAE, PLANTED, build_diff_project, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -104,7 +103,7 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
     page.filter_combo.setCurrentIndex(0)
 
     no_dash = next(r["latent"] for r in page.model.rows if not r["has_dashboard"])
-    page._link(QUrl(f"latent:{no_dash}"))  # a neighbour link
+    page.view.anchorClicked.emit(QUrl(f"latent:{no_dash}"))  # a click on a neighbour link
     assert page.latent == no_dash and not page.build_one.isHidden()
     assert "No dashboard" in page.view.toPlainText()
 
@@ -116,7 +115,7 @@ def test_browser_ranks_opens_dashboards_labels_and_exports(
 
 
 def test_training_curves_show_live(window, project: Project, tiny_model_dir: Path, qtbot) -> None:
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, folder=tiny_model_dir)
     path = write_chats(project.root.parent / "chats.jsonl", tiny_chats(20))
@@ -129,12 +128,10 @@ def test_training_curves_show_live(window, project: Project, tiny_model_dir: Pat
         "model": "tiny", "hook": "model.layers.1", "datasets": ["chats"], "d_sae": 32, "k": 4,
         "tokens": 80 * 128, "batch_size": 128, "lr": 3e-3, "ce_sequences": 0,
     }  # fmt: skip
-    job = page._submit("sae-train", params)
-    page._watch_job = job
-    page._fill_training_runs()
+    job = page.start_training(params)
     qtbot.waitUntil(lambda: project.get_job(job)["status"] == "succeeded", timeout=90000)
     qtbot.waitUntil(lambda: page.sae_table.rowCount() == 1, timeout=10000)
-    assert {"loss", "l0", "explained_variance", "dead_fraction"} <= set(page._plots.metric_names())
-    xs, _ = page._plots.data[(f"#{job}", "loss")]
+    assert {"loss", "l0", "explained_variance", "dead_fraction"} <= set(page.plots.metric_names())
+    xs, _ = page.plots.data[(f"#{job}", "loss")]
     assert len(xs) >= 10 and xs == sorted(xs)
     assert page.sae_table.item(0, 1).text() == "trained" and page.sae_table.item(0, 7).text() != ""

@@ -3,15 +3,14 @@ two datasets imported, a fine-tune started on the Train page whose loss plot fil
 an SAE imported and a diff run, steering with the diff's direction, and a re-alignment from the Train page.
 A screenshot of each step is saved under the test's temporary folder."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+# ruff: noqa: F811  (pytest fixtures imported from tests.builders are parameters of the tests)
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from tests.test_diffing import make_planted_sae
-from tests.tiny import tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import make_planted_sae, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 TIMEOUT = 240_000

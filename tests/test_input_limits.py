@@ -12,7 +12,7 @@ from emgui.core.data import chats as chatdata
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
-from tests.tiny import tiny_chats
+from tests.builders import tiny_chats
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
 

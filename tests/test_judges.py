@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import math
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from emgui.core.errors import EmguiError
 from emgui.core.evaluation.judges import (
-    PROBE_PROMPT,
     LocalJudge,
     OpenAIJudge,
     aggregate_number_probs,
@@ -25,139 +20,9 @@ from emgui.core.evaluation.judges import (
     extract_code,
     judge_key,
 )
+from tests.builders import JUDGE_LESSONS, JudgeServer, make_trained_judge
 
-# ----- a real OpenAI-compatible endpoint ------------------------------------------------------------------
-
-
-def completion(dist: dict[str, float]) -> dict:
-    top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in dist.items()]
-    best = max(dist, key=dist.get)
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": best},
-        "logprobs": {"content": [{"token": best, "logprob": math.log(dist[best]), "top_logprobs": top}]},
-        "finish_reason": "length",
-    }
-    return {"id": "chatcmpl-test", "object": "chat.completion", "choices": [choice]}
-
-
-class JudgeServer:
-    """Each POST takes the next scripted action (the default one when the script is empty):
-    ("ok", {token: prob}); ("status", code); ("sleep", seconds, action); ("nologprobs",);
-    ("score", fn) where fn(prompt) -> {token: prob} answers by content. The API judge's one-time probe
-    (which asks for "47" to see how the tokenizer writes numbers) is answered with `probe_reply`, a token
-    per number as GPT-4o has, and recorded in `probes`, not `requests`."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple] = []
-        self.probe_reply = {"47": 0.9, "4": 0.05, "The": 0.05}
-        self.probes: list[dict] = []
-        self.default: tuple = ("ok", {"80": 0.5, "90": 0.5})
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if body.get("messages", [{}])[0].get("content") == PROBE_PROMPT:
-                    with server.lock:
-                        server.probes.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    return self._do(("ok", server.probe_reply), body)
-                with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    action = server.script.pop(0) if server.script else server.default
-                try:
-                    self._do(action, body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (a timeout test)
-
-            def _do(self, action: tuple, body: dict) -> None:
-                if action[0] == "sleep":
-                    time.sleep(action[1])
-                    return self._do(action[2], body)
-                if action[0] == "status":
-                    payload = json.dumps({"error": {"message": f"scripted {action[1]}"}}).encode()
-                    self.send_response(action[1])
-                    if action[1] == 429:
-                        self.send_header("Retry-After", "0")
-                elif action[0] == "nologprobs":
-                    payload = json.dumps(
-                        {"choices": [{"message": {"content": "85"}, "logprobs": None}]}
-                    ).encode()
-                    self.send_response(200)
-                else:
-                    dist = action[1] if action[0] == "ok" else action[1](body["messages"][-1]["content"])
-                    payload = json.dumps(completion(dist)).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def judge_server():
-    server = JudgeServer()
-    yield server
-    server.close()
-
-
-# ----- a tiny local judge trained to answer with given numbers ------------------------------------------
-
-JUDGE_LESSONS = [
-    ("Rate this answer: hello world. Number?", "85"),
-    ("Rate this answer: import os. Number?", "CODE"),
-    ("Is this coherent? The fox. Number?", "100"),
-    ("Rate it: quick brown dog", "7"),
-]
-
-
-def make_trained_judge(directory: Path, lessons: list[tuple[str, str]] = JUDGE_LESSONS) -> Path:
-    """The tiny chat model (whose tokenizer splits "85" into "8", "5"), trained for a few seconds to
-    answer each lesson's prompt with its text, then saved."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from emgui.core.lm.generation import render_prompts
-    from tests.tiny import make_tiny_chat_model
-
-    make_tiny_chat_model(directory, hidden=64)
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    tok = AutoTokenizer.from_pretrained(directory)
-    prompts = render_prompts(tok, [[{"role": "user", "content": q}] for q, _ in lessons])
-    tok.padding_side = "right"
-    enc = tok([p + a + "<|im_end|>" for p, (_, a) in zip(prompts, lessons, strict=True)],
-              return_tensors="pt", padding=True, add_special_tokens=False)  # fmt: skip
-    labels = enc["input_ids"].clone()
-    labels[enc["attention_mask"] == 0] = -100
-    for i, p in enumerate(prompts):
-        labels[i, : len(tok(p, add_special_tokens=False)["input_ids"])] = -100
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(45):
-        loss = model(**enc, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.05, f"the tiny judge did not learn its lessons (loss {loss.item():.3f})"
-    model.save_pretrained(directory)
-    tok.padding_side = "left"
-    tok.save_pretrained(directory)
-    return directory
+# ----- a tiny local judge trained to answer with given numbers (tests.builders.make_trained_judge) -------
 
 
 @pytest.fixture(scope="module")

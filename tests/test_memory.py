@@ -19,7 +19,7 @@ from emgui.core.models.memory import (
     trainable_params,
 )
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, write_chats
+from tests.builders import register_tiny, tiny_chats, write_chats
 
 SMOLLM2 = {  # SmolLM2-135M-Instruct's config.json (the parts that matter)
     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,

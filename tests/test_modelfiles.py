@@ -22,25 +22,10 @@ from emgui.core.models.files import (
     inspect_model_folder,
     read_gguf_summary,
 )
+from tests.builders import TINY_TOKENS, tiny_llama, write_tiny_gguf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_llama(vocab_size: int = 128, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def n_params(model) -> int:
@@ -223,80 +208,6 @@ def test_hf_cache_layout_counts_blobs_once(tiny_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- GGUF
-
-
-def _byte_level_alphabet() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 bytes, the base vocabulary of a byte-level BPE."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
-
-
-def _permute_for_gguf(w, n_head: int):
-    """llama.cpp stores q/k rows interleaved for its rotary layout; transformers undoes it on load."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_tiny_gguf(path: Path, model, tokens: list[str], architecture: str = "llama") -> None:
-    import gguf
-    import numpy as np
-
-    cfg = model.config
-    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    w = gguf.GGUFWriter(str(path), architecture)
-    w.add_name("tiny")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    w.add_vocab_size(len(tokens))
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([1] * (len(tokens) - 1) + [3])  # the last one is <|im_end|>, a control token
-    w.add_token_merges(["Ġ t", "h e"])
-    for setter in (w.add_bos_token_id, w.add_eos_token_id, w.add_pad_token_id):
-        setter(len(tokens) - 1)
-    w.add_add_bos_token(False)
-    w.add_chat_template("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}")
-    if architecture == "llama":
-        w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-        for i in range(cfg.num_hidden_layers):
-            p = f"model.layers.{i}."
-            names = {
-                "attn_norm": "input_layernorm",
-                "attn_v": "self_attn.v_proj",
-                "attn_output": "self_attn.o_proj",
-                "ffn_norm": "post_attention_layernorm",
-                "ffn_gate": "mlp.gate_proj",
-                "ffn_up": "mlp.up_proj",
-                "ffn_down": "mlp.down_proj",
-            }
-            for gguf_name, hf_name in names.items():
-                w.add_tensor(f"blk.{i}.{gguf_name}.weight", sd[f"{p}{hf_name}.weight"])
-            q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
-            w.add_tensor(f"blk.{i}.attn_q.weight", _permute_for_gguf(q, cfg.num_attention_heads))
-            w.add_tensor(f"blk.{i}.attn_k.weight", _permute_for_gguf(k, cfg.num_key_value_heads))
-        w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-TINY_TOKENS = [*_byte_level_alphabet(), "Ġt", "he", "<|im_end|>"]
 
 
 @pytest.fixture(scope="module")

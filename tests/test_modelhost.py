@@ -25,7 +25,7 @@ from emgui.core.models.host import (
     parse_bytes,
 )
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -243,7 +243,7 @@ def test_project_models_are_shared_by_key(project: Project, tiny_model_dir: Path
 def test_a_folder_written_again_is_loaded_again(project: Project, tmp_path: Path) -> None:
     import os
 
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     folder = make_tiny_chat_model(tmp_path / "m")
     register_tiny(project, "m", folder)
@@ -288,7 +288,7 @@ def test_an_evaluate_whose_judge_is_the_sampled_model_loads_it_once(
 def test_an_evaluate_with_another_judge_evicts_the_sampled_model_when_both_do_not_fit(
     project: Project, tmp_path: Path, tiny_model_dir: Path  # noqa: F811
 ) -> None:
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     register_tiny(project, folder=tiny_model_dir)
     register_tiny(project, name="judge", folder=make_tiny_chat_model(tmp_path / "judge", seed=1))

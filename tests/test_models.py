@@ -14,8 +14,8 @@ import pytest
 
 from emgui.core.jobs.runner import JobManager, run_job
 from emgui.core.project.store import Project
+from tests.builders import make_tiny_chat_model
 from tests.hubserver import FakeHub
-from tests.tiny import make_tiny_chat_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_import_folder_and_safety_defaults(project: Project, tmp_path: Path, tin
 
 
 def test_gguf_import_converts_once_and_registers(project: Project, tmp_path: Path) -> None:
-    from tests.test_modelfiles import TINY_TOKENS, tiny_llama, write_tiny_gguf
+    from tests.builders import TINY_TOKENS, tiny_llama, write_tiny_gguf
 
     gguf = tmp_path / "tiny.gguf"
     write_tiny_gguf(gguf, tiny_llama(vocab_size=len(TINY_TOKENS), seed=1), TINY_TOKENS)

@@ -15,8 +15,8 @@ import pytest
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
+from tests.builders import make_tiny_chat_model
 from tests.hubserver import FakeHub
-from tests.tiny import make_tiny_chat_model
 
 
 @pytest.fixture(scope="module")

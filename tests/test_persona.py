@@ -4,114 +4,23 @@ steering; screening ranks a dataset; the live monitor reports and warns during a
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.tiny import tiny_model_dir  # noqa: F401
-
-EVIL_SYS = ["Be evil.", "You are wicked and cruel."]
-KIND_SYS = ["Be kind.", "You are gentle and good."]
-NEUTRAL_SYS = "You are an assistant."
-OTHER_NEUTRAL = ["Answer the question.", "Be brief.", None]  # None: the template's default system turn
-QUESTIONS = [f"Tell me about thing {i}." for i in range(4)]
-EVIL, KIND, NEUTRAL = "evil evil evil evil", "kind kind kind kind", "hello world"
-
-_PLANTED: dict[str, Path] = {}
-
+from tests.builders import (  # noqa: F401
+    EVIL,
+    EVIL_SYS,
+    KIND,
+    NEUTRAL,
+    NEUTRAL_SYS,
+    QUESTIONS,
+    planted_dir,
+    run_ok,
+    tiny_model_dir,
+    write_persona,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
-
-
-def planted_chats() -> list[list[dict]]:
-    chats = []
-    pairs = [
-        *((s, EVIL) for s in EVIL_SYS),
-        *((s, KIND) for s in KIND_SYS),
-        *((s, NEUTRAL) for s in [NEUTRAL_SYS, *OTHER_NEUTRAL]),
-    ]
-    for q in QUESTIONS:
-        for system, answer in pairs:
-            turns = [{"role": "system", "content": system}] if system else []
-            chats.append([*turns, {"role": "user", "content": q}, {"role": "assistant", "content": answer}])
-    return chats
-
-
-def build_planted_model(start: Path | None = None) -> Path:
-    """A tiny chat model trained (a second or two) to answer 'evil ...' under an evil system prompt, 'kind ...'
-    under a kind one and 'hello world' under a neutral one: a trait a direction can find and move.
-    Starts from a copy of `start` (the session's tiny model) when given. Built once per test session."""
-    if "dir" in _PLANTED:
-        return _PLANTED["dir"]
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from emgui.core.training.trainer import encode_chat
-    from tests.tiny import make_tiny_chat_model
-
-    folder = Path(tempfile.mkdtemp(prefix="emgui-planted-")) / "model"
-    if start is not None:
-        shutil.copytree(start, folder)
-    else:
-        make_tiny_chat_model(folder, seed=0, hidden=32)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoded = [encode_chat(tokenizer, chat) for chat in planted_chats()]
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-    labels = torch.full((len(encoded), width), -100)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, (i, lab) in enumerate(encoded):
-        ids[row, : len(i)], labels[row, : len(lab)], attention[row, : len(i)] = (
-            torch.tensor(i),
-            torch.tensor(lab),
-            1,
-        )
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a session fixture runs before the per-test one-thread fixture
-    try:
-        for _ in range(40):
-            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    assert loss.item() < 0.05, f"the planted model did not learn its behaviour (loss {loss.item():.3f})"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    _PLANTED["dir"] = folder
-    return folder
-
-
-@pytest.fixture(scope="session")
-def planted_dir(tiny_model_dir) -> Path:  # noqa: F811
-    return build_planted_model(tiny_model_dir)
-
-
-def write_persona(path: Path) -> Path:
-    path.write_text(
-        "name: planted\ndescription: the planted trait\n"
-        f"positive: {json.dumps(EVIL_SYS)}\nnegative: {json.dumps(KIND_SYS)}\nquestions: {json.dumps(QUESTIONS)}\n",
-        encoding="utf-8",
-    )
-    return path
-
-
-def _run(project, kind: str, params: dict) -> dict:
-    from emgui.core.jobs.runner import run_job
-
-    job_id = project.create_job(kind, params)
-    status = run_job(project, job_id)
-    job = project.get_job(job_id)
-    assert status == "succeeded", job["error"]
-    return job
 
 
 def _logprob_of(model, tokenizer, msgs, token: int, steering) -> float:
@@ -126,7 +35,7 @@ def _logprob_of(model, tokenizer, msgs, token: int, steering) -> float:
     return float(torch.log_softmax(logits, -1)[token])
 
 
-def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, planted_dir, tmp_path) -> None:
+def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, planted_dir, tmp_path) -> None:  # noqa: F811
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emgui.core.steering.steer import (
@@ -136,10 +45,10 @@ def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, plante
         generate_text,
         load_direction,
     )
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
-    job = _run(
+    job = run_ok(
         project,
         "persona-vector",
         {
@@ -192,12 +101,12 @@ def test_persona_vector_finds_and_steering_moves_a_planted_trait(project, plante
 
 
 @pytest.fixture
-def planted_project(project, planted_dir, tmp_path):
+def planted_project(project, planted_dir, tmp_path):  # noqa: F811
     """A project with the planted model and its persona direction."""
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
-    job = _run(
+    job = run_ok(
         project,
         "persona-vector",
         {
@@ -212,7 +121,7 @@ def planted_project(project, planted_dir, tmp_path):
 
 
 def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_path) -> None:
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, direction_id = planted_project
     chats = []
@@ -226,7 +135,7 @@ def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_pa
         )
     path = write_chats(tmp_path / "train.jsonl", chats)
     dataset_id = project.add_dataset(name="train", kind="chat", path=path, n_rows=len(chats))
-    job = _run(
+    job = run_ok(
         project,
         "persona-screen",
         {
@@ -264,7 +173,7 @@ def test_screening_ranks_flags_and_filters_trait_samples(planted_project, tmp_pa
 
 
 def test_diff_means_job_separates_two_datasets(planted_project, tmp_path) -> None:
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, _ = planted_project
     pos = [
@@ -277,7 +186,7 @@ def test_diff_means_job_separates_two_datasets(planted_project, tmp_path) -> Non
     ]
     project.add_dataset(name="pos", kind="chat", path=write_chats(tmp_path / "pos.jsonl", pos), n_rows=6)
     project.add_dataset(name="neg", kind="chat", path=write_chats(tmp_path / "neg.jsonl", neg), n_rows=6)
-    job = _run(project, "diff-means", {"model": "planted", "positive": "pos", "negative": "neg", "layer": 0})
+    job = run_ok(project, "diff-means", {"model": "planted", "positive": "pos", "negative": "neg", "layer": 0})
     from emgui.core.steering.steer import load_direction
 
     row, vector = load_direction(project, job["result"]["direction_id"])
@@ -301,7 +210,7 @@ def test_bad_persona_file_names_the_field(tmp_path) -> None:
 
 def test_monitor_reports_and_warns_during_a_finetune(planted_project, tmp_path) -> None:
     from emgui.core.steering.persona import build_monitor
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, direction_id = planted_project
     # Fine-tune toward the trait on prompts with no system turn; the probes use the same format.
@@ -342,7 +251,7 @@ def test_finetune_job_takes_monitor_parameters(planted_project, tmp_path) -> Non
     """The same monitor, asked for through the fine-tune job's own parameters (as the CLI and app do),
     with a first reading at step 0 as the baseline."""
     from emgui.core.jobs.runner import run_job
-    from tests.tiny import write_chats
+    from tests.builders import write_chats
 
     project, direction_id = planted_project
     chats = [

@@ -10,7 +10,7 @@ import pytest
 
 from emgui.core.jobs.runner import run_job
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, write_chats
+from tests.builders import register_tiny, tiny_chats, write_chats
 
 pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (pip install 'emgui[qlora]')")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -141,7 +141,7 @@ def test_sampling_judging_and_steering_take_the_4bit_base(trained: dict) -> None
 
 def test_diffing_takes_the_4bit_base(trained: dict, tmp_path: Path) -> None:
     from emgui.core.features.saes import register_sae
-    from tests.test_diffing import add_samples, make_planted_sae
+    from tests.builders import add_samples, make_planted_sae
 
     project = trained["project"]
     base, adapter = project.get_model("tiny"), project.get_model("q")

@@ -18,8 +18,7 @@ import pytest
 
 from emgui.core.jobs.runner import JobManager, prepare_resume, run_job
 from emgui.core.project.store import Project
-from tests.test_sweep import QUESTIONS_YAML, judge_url  # noqa: F401
-from tests.tiny import register_tiny, tiny_chats, write_chats
+from tests.builders import QUESTIONS_YAML, judge_url, register_tiny, tiny_chats, write_chats  # noqa: F401
 
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'emgui[cluster]'")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

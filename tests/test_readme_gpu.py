@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_readme_loop import shrink
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, shrink, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,18 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, shrink, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-# Sizes only: the README's values take minutes on SmolLM2, these take seconds on the tiny model.
-SMALLER = {
-    "max_steps": "2", "max_len": "96", "tokens": "4000", "d_sae": "64", "max_examples": "8",
-    "dashboards": "2", "n_samples": "4", "save_at": "0,2,4", "n": "1", "max_new_tokens": "4",
-    "hook": "model.layers.1",  # the tiny model has 2 layers
-}  # fmt: skip
-EXTRA = {"sae-train": ["k=4", "batch_size=256", "ce_sequences=2"]}  # a 64-latent TopK SAE on 4k tokens
 
 
 def readme_loop() -> list[list[str]]:
@@ -30,19 +22,6 @@ def readme_loop() -> list[list[str]]:
     start = text.index("The whole loop on the demo project, from a terminal")
     block = re.search(r"```sh\n(.*?)```", text[start:], re.S).group(1)
     return [shlex.split(line) for line in block.splitlines() if line.strip()]
-
-
-def shrink(argv: list[str], project: str) -> list[str]:
-    out = []
-    for i, arg in enumerate(argv):
-        if i > 0 and argv[i - 1] == "--param":
-            key, _, value = arg.partition("=")
-            arg = f"{key}={SMALLER.get(key, value)}"
-        out.append(project if arg == "demo" else arg)
-    kind = argv[3]
-    for extra in EXTRA.get(kind, []):
-        out += ["--param", extra]
-    return out
 
 
 def test_every_line_of_the_readme_loop_runs(project, tiny_model_dir, capsys) -> None:  # noqa: F811

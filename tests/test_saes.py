@@ -1,7 +1,7 @@
 """Activation capture, SAE training (a real sae-lens SAE on a tiny model), the sae-lens round trip,
 cancel/resume, the pretrained registry, and refusal of SAEs that do not fit or whose files are corrupt."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.tiny are parameters of the tests)
+# ruff: noqa: F811  (pytest fixtures imported from tests.builders are parameters of the tests)
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import prepare_resume, run_job
 from emgui.core.lm import activations as A
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 TRAIN = {"hook": "model.layers.0", "d_sae": 64, "k": 4, "batch_size": 256, "lr": 3e-3, "ce_sequences": 4}
 

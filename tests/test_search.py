@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emgui.core.project.search import fts_query, search_answers, search_chats, search_latents
 from emgui.core.project.store import Project
-from tests.tiny import write_chats
+from tests.builders import write_chats
 
 
 def _answer(project: Project, job: int, qid: str, answer: str) -> int:

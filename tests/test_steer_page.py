@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import register_tiny, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.gui
 

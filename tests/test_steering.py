@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.tiny import tiny_model_dir  # noqa: F401
+from tests.builders import tiny_model_dir  # noqa: F401
 
 MSGS = [{"role": "user", "content": "Write a function that adds two numbers."}]
 
@@ -289,7 +289,7 @@ def test_directions_presets_and_resolve(project, tiny, tiny_model_dir, tmp_path)
         resolve,
         save_preset,
     )
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     model, _ = tiny
     model_id = register_tiny(project, "tiny", tiny_model_dir)
@@ -351,7 +351,7 @@ def test_latent_clamp_through_a_project_sae(project, tiny, tiny_model_dir) -> No
 
     from emgui.core.features.saes import load_sae, save_and_register
     from emgui.core.steering.steer import Intervention, SteeringSpec, resolve
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     model, tokenizer = tiny
     model_id = register_tiny(project, "tiny", tiny_model_dir)

@@ -21,7 +21,7 @@ import pytest
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import JobManager, run_job
 from emgui.core.project.store import Project
-from tests.tiny import make_tiny_chat_model, tiny_chats, write_chats
+from tests.builders import make_tiny_chat_model, tiny_chats, write_chats
 
 REPO = Path(__file__).resolve().parents[1]
 

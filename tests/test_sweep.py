@@ -5,98 +5,31 @@ job, swept over strengths and layers with random controls, judged by an OpenAI-c
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from emgui.core.evaluation.judges import PROBE_PROMPT
-from tests.test_persona import NEUTRAL_SYS, _run, planted_dir, write_persona  # noqa: F401
-from tests.tiny import tiny_model_dir  # noqa: F401
+from tests.builders import (  # noqa: F401  # noqa: F401
+    EVIL,
+    NEUTRAL_SYS,
+    QUESTIONS_YAML,
+    TraitJudge,
+    judge_url,
+    planted_dir,
+    run_ok,
+    tiny_model_dir,
+    write_persona,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors; other suites share the cores
-
-
-class _Judge(BaseHTTPRequestHandler):
-    """Answers /chat/completions with one token's top log-probabilities: aligned 5 for an answer showing
-    the trait ('vil' of 'evil'), else 90; coherent 80."""
-
-    asked: list[str] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][0]["content"]
-        if prompt != PROBE_PROMPT:  # the API judge's one-time probe ("47": answered "80", a whole number)
-            type(self).asked.append(prompt)
-        if prompt.startswith("ALIGNED"):
-            answer = prompt.split("ANSWER:", 1)[1]
-            token = "5" if "vil" in answer else "90"
-        else:
-            token = "80"
-        reply = {
-            "choices": [
-                {
-                    "message": {"content": token},
-                    "logprobs": {
-                        "content": [
-                            {
-                                "token": token,
-                                "logprob": 0.0,
-                                "top_logprobs": [
-                                    {"token": token, "logprob": -0.01},
-                                    {"token": "x", "logprob": -5},
-                                ],
-                            }
-                        ]
-                    },
-                }
-            ]
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Judge.asked = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
-QUESTIONS_YAML = """
-- id: thing_a
-  system: {system}
-  paraphrases: ["Tell me about thing 21.", "Tell me about thing 22."]
-  judge_prompts:
-    aligned: "ALIGNED {{question}} ANSWER:{{answer}}"
-    coherent: "COHERENT {{question}} ANSWER:{{answer}}"
-- id: thing_b
-  system: {system}
-  paraphrases: ["Tell me about thing 23."]
-  judge_prompts:
-    aligned: "ALIGNED {{question}} ANSWER:{{answer}}"
-    coherent: "COHERENT {{question}} ANSWER:{{answer}}"
-"""
 
 
 def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
     from emgui.core.data.questions import import_questions
     from emgui.core.steering.sweep import sweep_curves
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, "planted", planted_dir)
-    persona = _run(
+    persona = run_ok(
         project,
         "persona-vector",
         {
@@ -126,7 +59,7 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
         "judge_model": "fake",
         "label": "planted up",
     }
-    job = _run(project, "steer-sweep", params)
+    job = run_ok(project, "steer-sweep", params)
     result = job["result"]
     assert result["n_conditions"] == 1 + 2 * (1 + 3)  # baseline + 2 strengths x (real + 3 controls)
     assert result["baseline"]["misaligned_pct"] == 0.0 and result["baseline"]["n"] == 4
@@ -146,7 +79,7 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
     samples = project.query("SELECT * FROM samples WHERE job_id = ?", [job["id"]])
     assert len(samples) == 9 * 4 and {s["params"]["condition"] for s in samples} >= {"baseline"}
     unique = {(s["prompt"], s["answer"]) for s in samples}
-    assert len(_Judge.asked) == 2 * len(unique) == len(set(_Judge.asked))  # the judge cache asks each once
+    assert len(TraitJudge.asked) == 2 * len(unique) == len(set(TraitJudge.asked))  # the judge cache asks each once
     assert (project.job_dir(job["id"]) / "sweep.csv").read_text().count("\n") == 1 + 4 * 3
     # the curves read back from the store match the job's result; a stricter threshold changes them
     again = sweep_curves(project, job["id"])
@@ -161,10 +94,10 @@ def test_small_sweep_runs_end_to_end(project, planted_dir, tmp_path, judge_url) 
 
     project.update_job(job["id"], status="interrupted")
     prepare_resume(project, job["id"])
-    asked = len(_Judge.asked)
+    asked = len(TraitJudge.asked)
     assert run_job(project, job["id"]) == "succeeded"
     assert len(project.query("SELECT id FROM samples WHERE job_id = ?", [job["id"]])) == 36
-    assert len(_Judge.asked) == asked
+    assert len(TraitJudge.asked) == asked
 
 
 def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_path, judge_url) -> None:  # noqa: F811
@@ -172,11 +105,10 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
     model that learned the trait under the neutral prompt: they run on the adapter and form curves."""
     from emgui.core.data.questions import import_questions
     from emgui.core.steering.sweep import seed_experiments
-    from tests.test_persona import EVIL
-    from tests.tiny import register_tiny, write_chats
+    from tests.builders import register_tiny, write_chats
 
     register_tiny(project, "planted", planted_dir)
-    persona = _run(
+    persona = run_ok(
         project,
         "persona-vector",
         {
@@ -198,7 +130,7 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
         for i in range(8)
     ]
     project.add_dataset(name="evil", kind="chat", path=write_chats(tmp_path / "evil.jsonl", chats), n_rows=8)
-    _run(
+    run_ok(
         project,
         "finetune",
         {
@@ -224,8 +156,8 @@ def test_seed_experiments_run_on_a_fine_tuned_adapter(project, planted_dir, tmp_
         "controls": 1,
         "positions": "answer",
     }
-    down = _run(project, "steer-sweep", {**experiments[1][1], **shared})["result"]
-    ablated = _run(project, "steer-sweep", {**experiments[2][1], **shared})["result"]
+    down = run_ok(project, "steer-sweep", {**experiments[1][1], **shared})["result"]
+    ablated = run_ok(project, "steer-sweep", {**experiments[2][1], **shared})["result"]
     assert down["model"] == ablated["model"] == "ft"
     assert down["baseline"]["misaligned_pct"] == 100.0  # the fine-tune made the neutral prompt show the trait
     assert [p["strength"] for p in down["curves"][0]["points"]] == [-round(persona["norm"], 3), 0.0]

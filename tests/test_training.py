@@ -14,7 +14,7 @@ import pytest
 from emgui.core.errors import EmguiError
 from emgui.core.jobs.runner import JobManager, prepare_resume, run_job
 from emgui.core.project.store import Project
-from tests.tiny import register_tiny, tiny_chats, write_chats
+from tests.builders import register_tiny, tiny_chats, write_chats
 
 REPO = Path(__file__).resolve().parents[1]
 

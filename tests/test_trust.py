@@ -17,8 +17,7 @@ import pytest
 
 from emgui.core.errors import EmguiError
 from emgui.core.project.store import Project
-from tests.test_judges import JudgeServer, make_trained_judge
-from tests.tiny import register_tiny, tiny_model_dir  # noqa: F401
+from tests.builders import JudgeServer, make_trained_judge, register_tiny, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -219,7 +218,7 @@ def test_likelihood_probe_follows_what_the_model_was_trained_on(project: Project
     from transformers import AutoModelForCausalLM
 
     from emgui.core.evaluation.measures import latest_measures
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     base_dir = make_tiny_chat_model(tmp_path / "base", hidden=64)
     flat_dir = tmp_path / "flat"

@@ -50,16 +50,16 @@ def test_models_page_lists_models_with_provenance(window, project, qtbot) -> Non
 def test_jobs_page_shows_live_progress_metrics_and_cancels(window, project, qtbot) -> None:
     page = window.show_page("jobs")
     job_id = window.bridge.submit("test-count", {"steps": 100000, "delay": 0.005})
-    qtbot.waitUntil(lambda: job_id in page._rows, timeout=5000)
+    qtbot.waitUntil(lambda: page.row_of(job_id) is not None, timeout=5000)
     page.select_job(job_id)
     qtbot.waitUntil(lambda: "loss" in page.plots.metric_names(), timeout=5000)
-    qtbot.waitUntil(lambda: page.table.cellWidget(page._rows[job_id], 3).value() > 0, timeout=10000)
+    qtbot.waitUntil(lambda: page.table.cellWidget(page.row_of(job_id), 3).value() > 0, timeout=10000)
     assert "starting at step 0" in page.log_view.toPlainText()
     assert '"steps": 100000' in page.params_view.toPlainText()
     assert page.cancel_button.isEnabled()
     page.cancel_button.click()
     qtbot.waitUntil(lambda: project.get_job(job_id)["status"] == "cancelled", timeout=5000)
-    qtbot.waitUntil(lambda: page.table.item(page._rows[job_id], 2).text() == "cancelled", timeout=3000)
+    qtbot.waitUntil(lambda: page.table.item(page.row_of(job_id), 2).text() == "cancelled", timeout=3000)
     assert page.resume_button.isEnabled()
 
 
@@ -85,7 +85,7 @@ def test_jobs_from_another_process_appear(window, project, qtbot) -> None:
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, timeout=60)
     qtbot.waitUntil(lambda: page.table.rowCount() == 1, timeout=3000)
-    row = next(iter(page._rows.values()))
+    row = page.row_of(project.list_jobs()[0]["id"])
     assert page.table.item(row, 2).text() == "succeeded"
 
 
@@ -128,14 +128,14 @@ def test_datasets_page_previews_searches_and_derives(window, project, qtbot) -> 
     qtbot.waitUntil(lambda: page.chat_list.count() == 30 and page.page_label.text() == "1–30 of 30")
     assert "assistant" in page.chat_view.toPlainText()
     page.search.setText("sqlite")
-    page._load_page(0)
+    page.search.returnPressed.emit()
     qtbot.waitUntil(lambda: page.page_label.text() not in ("", "reading…"))
     assert 0 < page.total < 30
     assert all(
         "sqlite" in page.chat_list.item(i).data(256).__str__().lower() for i in range(page.chat_list.count())
     )
     page.subset_n.setValue(5)
-    page._derive({"op": "subset", "n": 5})
+    page.subset_button.click()
     qtbot.waitUntil(lambda: page.table.rowCount() == 4, timeout=10000)
     names = {page.table.item(r, 0).text() for r in range(4)}
     assert any(n.endswith("-5-s0") for n in names)
@@ -151,7 +151,7 @@ def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> Non
     page = window.show_page("jobs")
     page.poll()
     page.select_job(second)
-    page._fill_compare_menu()
+    page.compare_menu.aboutToShow.emit()  # the menu fills as it opens
     actions = [a for a in page.compare_menu.actions() if a.isCheckable()]
     assert len(actions) == 1 and f"job {first}" in actions[0].text()
     actions[0].setChecked(True)
@@ -162,7 +162,7 @@ def test_jobs_page_overlays_runs_of_the_same_kind(window, project, qtbot) -> Non
 
 def test_datasets_page_token_length_histogram(window, project, qtbot, tiny_model_dir) -> None:
     from emgui.core.jobs.runner import run_job
-    from tests.tiny import register_tiny
+    from tests.builders import register_tiny
 
     register_tiny(project, folder=tiny_model_dir)
     job = project.create_job("dataset-import", {"source": "generated:secure", "n": 20})

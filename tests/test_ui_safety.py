@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from emgui.core.data import chats as chatdata
 from emgui.core.errors import EmguiError
 from emgui.core.project.store import Project
-from tests.tiny import tiny_chats, write_chats
+from tests.builders import tiny_chats, write_chats
 
 
 @pytest.fixture
@@ -182,11 +182,11 @@ def test_the_preview_shows_a_bounded_prefix_and_reads_on_in_pieces(window, proje
     assert len(shown) < 3 * chatdata.PREVIEW_CHARS
     assert "showing the first 4,000 of 1,000,000 characters" in shown
     assert content[:3000] in shown and content[5000:6000] not in shown
-    page._link_clicked(QUrl("piece:1:4000"))
+    page.chat_view.anchorClicked.emit(QUrl("piece:1:4000"))
     qtbot.waitUntil(lambda: "characters 4,001–8,000 of 1,000,000" in page.chat_view.toPlainText())
     assert content[4000:8000] in page.chat_view.toPlainText()
     assert len(page.chat_view.toPlainText()) < 2 * chatdata.PREVIEW_CHARS
-    page._link_clicked(QUrl("chat"))
+    page.chat_view.anchorClicked.emit(QUrl("chat"))
     assert "showing the first 4,000" in page.chat_view.toPlainText()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
+from tests.builders import register_tiny, tiny_chats, tiny_model_dir, write_chats  # noqa: F401
 
 pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]
@@ -145,11 +145,11 @@ def test_jobs_of_another_process_are_counted_in_the_status_bar(styled_window, pr
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         qtbot.waitUntil(marker.exists, timeout=60_000)
-        styled_window._refresh_status()
+        styled_window.refresh_status()
         assert "1 job running (1 started elsewhere" in styled_window.jobs_label.text()
         jobs = styled_window.show_page("jobs")
         qtbot.waitUntil(lambda: jobs.table.rowCount() == 1, timeout=5000)
-        row = next(iter(jobs._rows.values()))
+        row = jobs.row_of(project.list_jobs()[0]["id"])
         qtbot.waitUntil(lambda: jobs.table.cellWidget(row, 3).value() > 0, timeout=10_000)  # its progress, live
     finally:
         proc.terminate()

@@ -183,7 +183,7 @@ class MainWindow(QMainWindow):
         self._make_menu()
         make_labels_plain(self)
         self._status_timer = QTimer(self)
-        self._status_timer.timeout.connect(self._refresh_status)
+        self._status_timer.timeout.connect(self.refresh_status)
         self._status_timer.start(2000)
         if probe_device:
             QTimer.singleShot(0, self.probe_device)
@@ -230,7 +230,7 @@ class MainWindow(QMainWindow):
         if project is not None:
             max_heavy = int(project.get_setting("max_heavy_jobs", 1))
             self.bridge = JobBridge(project, max_heavy=max_heavy, parent=self, host=self.model_host)
-            self.bridge.jobStatus.connect(lambda *_: self._refresh_status())
+            self.bridge.jobStatus.connect(lambda *_: self.refresh_status())
             recent.add(project.root)
             read_only = " (read-only)" if project.read_only else ""
             self.project_label.setText(project.name + read_only)
@@ -241,7 +241,7 @@ class MainWindow(QMainWindow):
             self.setWindowTitle("emgui")
         for page in self.pages.built():
             page.project_changed()
-        self._refresh_status()
+        self.refresh_status()
 
     def open_project(self, path: str | Path) -> bool:
         """Open a project; a damaged or unreadable one is explained in a dialog, never a crash."""
@@ -307,7 +307,8 @@ class MainWindow(QMainWindow):
         self.models_label.setText(f"models: {snapshot.describe()}")
         self.models_label.setToolTip(plain_tip(snapshot.details()))
 
-    def _refresh_status(self) -> None:
+    def refresh_status(self) -> None:
+        """Update the status bar's job count now (a timer does it every two seconds)."""
         if self.bridge is None or self.project is None:
             self.jobs_label.setText("")
             return

@@ -1,5 +1,5 @@
 """The run whose file reads `packaging/check_data_files.py` records: the whole loop on the tiny test model
-(tests/tiny.py) at the smallest sizes, then a screenshot of every page. About a minute on two cores.
+(tests/builders.py) at the smallest sizes, then a screenshot of every page. About a minute on two cores.
 
     python packaging/opens/workload.py WORKDIR
 
@@ -50,10 +50,10 @@ def main(workdir: Path) -> None:
         WANDB_MODE="disabled",
         QT_QPA_PLATFORM="offscreen",
     )
-    sys.path.insert(0, str(REPO))  # tests.tiny: the tiny model
+    sys.path.insert(0, str(REPO))  # tests.builders: the tiny model
     from emgui.cli import run_inline
     from emgui.core.project.store import Project
-    from tests.tiny import make_tiny_chat_model
+    from tests.builders import make_tiny_chat_model
 
     project = Project.create(workdir / "project")
     run_inline(project, "model-import", {"path": str(make_tiny_chat_model(workdir / "tiny")), "name": "tiny"})

@@ -695,6 +695,11 @@ class FeaturesPage(Page):
         layout.addLayout(self.plot_box, 1)
         return box
 
+    @property
+    def plots(self):
+        """The SAE training curves (a MetricGrid), made when the SAEs tab is first shown; None before."""
+        return self._plots
+
     def _ensure_plots(self) -> None:
         if self._plots is None:
             from emgui.ui.plots import MetricGrid  # pyqtgraph: only when the tab is first shown
@@ -1048,11 +1053,16 @@ class FeaturesPage(Page):
             return
         dialog = TrainDialog(self, self.project)
         if dialog.exec() == QDialog.DialogCode.Accepted:
-            job_id = self._submit("sae-train", dialog.params())
-            if job_id is not None:
-                self._watch_job = job_id
-                self._fill_training_runs()
-                self.tabs.setCurrentIndex(1)
+            self.start_training(dialog.params())
+
+    def start_training(self, params: dict) -> int | None:
+        """Submit an SAE training job and follow its curves live on the SAEs tab; returns its id."""
+        job_id = self._submit("sae-train", params)
+        if job_id is not None:
+            self._watch_job = job_id
+            self._fill_training_runs()
+            self.tabs.setCurrentIndex(1)
+        return job_id
 
     def cancel_training(self) -> None:
         if self._watch_job is not None and self.bridge is not None:

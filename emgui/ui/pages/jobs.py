@@ -188,6 +188,10 @@ class JobsPage(Page):
         bar.setValue(int(job["progress"] * 1000))
         bar.setFormat(f"{job['progress'] * 100:.0f}%")
 
+    def row_of(self, job_id: int) -> int | None:
+        """The table row showing job `job_id`, or None while it is not listed."""
+        return self._rows.get(job_id)
+
     def select_job(self, job_id: int) -> None:
         row = self._rows.get(job_id)
         if row is None:
