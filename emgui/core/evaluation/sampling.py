@@ -104,6 +104,38 @@ def _conversation(item: dict) -> list[dict]:
 
 
 
+class _SamplingBar:
+    """The progress of a sampling job: answers stored, and within a batch the share of its tokens written
+    (a long batch on a CPU takes minutes, and the bar must not sit still meanwhile)."""
+
+    def __init__(self, ctx: Any, lo: float, hi: float, total: int, done: int, max_new_tokens: int) -> None:
+        self.ctx, self.lo, self.hi, self.total, self.max_new_tokens = ctx, lo, hi, total, max_new_tokens
+        self.done, self.first, self.new = done, done, 0
+        self.t0 = time.monotonic()
+        self._last = 0.0
+
+    def _at(self, answers: float) -> float:
+        return self.lo + (self.hi - self.lo) * answers / self.total
+
+    def stored(self, n: int) -> None:
+        self.done += n
+        self.new += n
+        rate = self.new / max(1e-9, time.monotonic() - self.t0)
+        self.ctx.metric("answers_per_s", self.done, rate)
+        self.ctx.progress(self._at(self.done), f"{self.done}/{self.total} answers")
+
+    def writing(self, before: int, batch: int, tokens: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.5:
+            return
+        self._last = now
+        done = self.first + before
+        share = min(1.0, tokens / max(1, self.max_new_tokens))
+        self.ctx.progress(
+            self._at(done + batch * share), f"{done}/{self.total} answers; writing the next {batch}: {tokens} tokens"
+        )
+
+
 def generate_samples_into(
     ctx: Any,
     model_row: dict,
@@ -136,7 +168,7 @@ def generate_samples_into(
     ctx.progress(lo - 0.02 * span + (hi - lo) * (total - len(todo)) / max(1, total), f"loading {model_row['name']}")
     model, tokenizer = loaded or borrow_for(ctx, model_row, device=device)
     params = {**gen, "model": model_row["name"]}
-    counter = {"done": total - len(todo), "t0": time.monotonic(), "new": 0}
+    bar = _SamplingBar(ctx, lo, hi, total, total - len(todo), gen["max_new_tokens"])
 
     def on_batch(indices: list[int], answers: list[str]) -> None:
         now = time.time()
@@ -145,11 +177,7 @@ def generate_samples_into(
                 "job_id": ctx.job_id,
                 "model_id": model_row["id"],
                 "dataset_id": dataset_id,
-                "question_id": todo[i]["question_id"],
-                "paraphrase_index": todo[i]["paraphrase_index"],
-                "sample_index": todo[i]["sample_index"],
-                "prompt": todo[i]["prompt"],
-                "system": todo[i]["system"],
+                **{k: todo[i][k] for k in ("question_id", "paraphrase_index", "sample_index", "prompt", "system")},
                 "answer": a,
                 "params": params,
                 "created_at": now,
@@ -157,27 +185,7 @@ def generate_samples_into(
             for i, a in zip(indices, answers, strict=True)
         ]
         project.insert_many("samples", rows)
-        counter["done"] += len(rows)
-        counter["new"] += len(rows)
-        rate = counter["new"] / max(1e-9, time.monotonic() - counter["t0"])
-        ctx.metric("answers_per_s", counter["done"], rate)
-        ctx.progress(lo + (hi - lo) * counter["done"] / total, f"{counter['done']}/{total} answers")
-
-    last = [0.0]
-
-    def on_token(before: int, batch: int, tokens: int) -> None:
-        """Within a batch: its answers count by the share of their tokens written (a long batch on a CPU
-        takes minutes, and the bar must not sit still meanwhile)."""
-        now = time.monotonic()
-        if now - last[0] < 0.5:
-            return
-        last[0] = now
-        done = total - len(todo) + before
-        share = min(1.0, tokens / max(1, gen["max_new_tokens"]))
-        ctx.progress(
-            lo + (hi - lo) * (done + batch * share) / total,
-            f"{done}/{total} answers; writing the next {batch}: {tokens} tokens",
-        )
+        bar.stored(len(rows))
 
     ctx.progress(lo + (hi - lo) * (total - len(todo)) / total, f"{total - len(todo)}/{total} answers")
     generate_batch(
@@ -191,10 +199,10 @@ def generate_samples_into(
         batch_size=gen["batch_size"],
         should_cancel=lambda: ctx.cancelled,
         on_batch=on_batch,
-        on_token=on_token,
+        on_token=bar.writing,
     )
     ctx.check_cancelled()
-    ctx.log(f"{counter['new']} answers from {model_row['name']} in {time.monotonic() - counter['t0']:.1f} s")
+    ctx.log(f"{bar.new} answers from {model_row['name']} in {time.monotonic() - bar.t0:.1f} s")
     return model, tokenizer
 
 
