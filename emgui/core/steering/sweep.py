@@ -402,12 +402,39 @@ def _judge(
 # ----- reading the curves back -----------------------------------------------------------------------------
 
 
+def _point_stats(rows: list[dict]) -> dict:
+    """One sweep point: misaligned % with its 95 % CI among coherent, scored answers, and mean scores."""
+    from emgui.core.evaluation.runs import proportion
+
+    prop = proportion([r["misaligned"] for r in rows if r["misaligned"] is not None])
+    aligned = [r["aligned"] for r in rows if r["aligned"] is not None]
+    coherent = [r["coherent"] for r in rows if r["coherent"] is not None]
+    return {
+        "misaligned_pct": prop["pct"],
+        "ci_low": prop["ci_low"],
+        "ci_high": prop["ci_high"],
+        "n": len(rows),
+        "n_coherent": prop["n"],
+        "low_n": prop["n"] < MIN_SCORED,
+        "mean_aligned": sum(aligned) / len(aligned) if aligned else None,
+        "mean_coherent": sum(coherent) / len(coherent) if coherent else None,
+    }
+
+
+def _low_n_warnings(points: list[dict]) -> list[str]:
+    low = sum(1 for pt in points if pt["low_n"])
+    if not low:
+        return []
+    return [f"{low} of {len(points)} points rest on fewer than {MIN_SCORED} coherent, scored answers: "
+            "their misaligned % is mostly noise (raise n, or use a judge that scores more answers)"]  # fmt: skip
+
+
 def sweep_curves(
     project: Any, job_id: int, thresholds: dict | None = None, *, judge: str | None = None
 ) -> dict:
     """The dose-response curves of a sweep from its stored answers and scores: per (target, layer, control)
     the points (strength, misaligned %, 95% CI, mean coherence, mean aligned, n), strength 0 = baseline."""
-    from emgui.core.evaluation.runs import answers_table, proportion
+    from emgui.core.evaluation.runs import answers_table
 
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     rows = answers_table(project, job_id, judge=judge, thresholds=th)
@@ -420,23 +447,7 @@ def sweep_curves(
         groups.setdefault(key, []).append(r)
         meta[key] = params
 
-    def stats(rs: list[dict]) -> dict:
-        flags = [r["misaligned"] for r in rs if r["misaligned"] is not None]
-        prop = proportion(flags)
-        aligned = [r["aligned"] for r in rs if r["aligned"] is not None]
-        coherent = [r["coherent"] for r in rs if r["coherent"] is not None]
-        return {
-            "misaligned_pct": prop["pct"],
-            "ci_low": prop["ci_low"],
-            "ci_high": prop["ci_high"],
-            "n": len(rs),
-            "n_coherent": prop["n"],
-            "low_n": prop["n"] < MIN_SCORED,
-            "mean_aligned": sum(aligned) / len(aligned) if aligned else None,
-            "mean_coherent": sum(coherent) / len(coherent) if coherent else None,
-        }
-
-    baseline = {"strength": 0.0, **stats(groups["baseline"])} if "baseline" in groups else None
+    baseline = {"strength": 0.0, **_point_stats(groups["baseline"])} if "baseline" in groups else None
     curves: dict[tuple, dict] = {}
     pooled: dict[tuple, list[dict]] = {}  # all controls of a (target, layer, method, strength), pooled
     for key, rs in groups.items():
@@ -456,14 +467,14 @@ def sweep_curves(
                 "points": [],
             },
         )
-        curve["points"].append({"strength": m["strength"], **stats(rs)})
+        curve["points"].append({"strength": m["strength"], **_point_stats(rs)})
         if control:
             pooled.setdefault((m["target"], m["layer"], m["method"], m["strength"]), []).extend(rs)
     real, controls = [], []
     for (target, layer, method, control), curve in curves.items():
         if not control:
             curve["control_points"] = [
-                {"strength": strength, **stats(rs)}
+                {"strength": strength, **_point_stats(rs)}
                 for (t, lay, meth, strength), rs in pooled.items()
                 if (t, lay, meth) == (target, layer, method)
             ]
@@ -473,13 +484,7 @@ def sweep_curves(
             points.sort(key=lambda pt: pt["strength"])
         (controls if control else real).append(curve)
     order = lambda c: (c["target"], c["layer"] if c["layer"] is not None else -1, c["label"])  # noqa: E731
-    points = [pt for c in real + controls for pt in c["points"]]
-    low = sum(1 for pt in points if pt["low_n"])
-    warnings = (
-        [f"{low} of {len(points)} points rest on fewer than {MIN_SCORED} coherent, scored answers: "
-         "their misaligned % is mostly noise (raise n, or use a judge that scores more answers)"]
-        if low else []
-    )  # fmt: skip
+    warnings = _low_n_warnings([pt for c in real + controls for pt in c["points"]])
     return {
         "baseline": baseline,
         "curves": sorted(real, key=order),
