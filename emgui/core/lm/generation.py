@@ -46,6 +46,22 @@ def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def _generate_kwargs(temperature: float, top_p: float, max_new_tokens: int, pad_id: int, stop_ids: list) -> dict:
+    """model.generate's settings: sampling at a temperature with nucleus top_p, or greedy for temperature 0."""
+    sampling = temperature > 0
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": int(max_new_tokens),
+        "do_sample": sampling,
+        "pad_token_id": pad_id,
+        "eos_token_id": stop_ids or None,
+    }
+    if sampling:
+        kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
+    else:  # silence the model's own sampling defaults for greedy decoding
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
 def generate_batch(
     model: Any,
     tokenizer: Any,
@@ -91,7 +107,6 @@ def generate_batch(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = _stop_ids(model, tokenizer)
     device = _device(model)
-    sampling = temperature > 0
     answers: list[str] = [""] * len(prompts)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right: prompts must end at the same column
@@ -106,17 +121,8 @@ def generate_batch(
             enc = {k: v.to(device) for k, v in enc.items()}
             watch.done, watch.batch, watch.prompt_len = start, len(idx), int(enc["input_ids"].shape[1])
             polled = should_cancel is not None or on_token is not None
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": int(max_new_tokens),
-                "do_sample": sampling,
-                "pad_token_id": pad_id,
-                "eos_token_id": stop_ids or None,
-                "stopping_criteria": StoppingCriteriaList([watch]) if polled else None,
-            }
-            if sampling:
-                kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
-            else:  # silence the model's own sampling defaults for greedy decoding
-                kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs = _generate_kwargs(temperature, top_p, max_new_tokens, pad_id, stop_ids)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([watch]) if polled else None
             torch.manual_seed(int(seed) * 100_003 + b)
             with torch.inference_mode():
                 out = model.generate(**enc, **kwargs)
