@@ -34,7 +34,32 @@ class JobEvent:
     data: dict
 
 
-class JobContext:
+class JobFiles:
+    """A running job's folders and artifacts (`project` and `job_id` are the context's): shared by the
+    job context and a distributed worker's."""
+
+    project: Project
+    job_id: int
+
+    @property
+    def artifact_dir(self) -> Path:
+        path = self.project.job_dir(self.job_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        path = self.artifact_dir / "checkpoints"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add_artifact(
+        self, path: str | Path, kind: str, inputs: list[dict] | None = None, meta: dict | None = None
+    ) -> int:
+        return self.project.add_artifact(path, kind, job_id=self.job_id, inputs=inputs, meta=meta)
+
+
+class JobContext(JobFiles):
     """What a running job sees. Thread-safe; cheap to call often (metrics and logs are batched)."""
 
     FLUSH_SECONDS = 0.5
@@ -107,30 +132,13 @@ class JobContext:
         if self._cancel.is_set():
             raise Cancelled(f"job {self.job_id} cancelled")
 
-    # ----- files and checkpoints ---------------------------------------------------------------------
-    @property
-    def artifact_dir(self) -> Path:
-        path = self.project.job_dir(self.job_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        path = self.artifact_dir / "checkpoints"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
+    # ----- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         """Record the latest resumable state (JSON-able; big tensors go in checkpoint_dir first)."""
         json.dumps(state)  # fail here, not on resume, if it is not serializable
         self.flush()
         self.project.update_job(self.job_id, checkpoint=state)
         self.resume_state = state
-
-    def add_artifact(
-        self, path: str | Path, kind: str, inputs: list[dict] | None = None, meta: dict | None = None
-    ) -> int:
-        return self.project.add_artifact(path, kind, job_id=self.job_id, inputs=inputs, meta=meta)
 
     # ----- plumbing --------------------------------------------------------------------------------
     def _emit(self, type_: str, data: dict) -> None:

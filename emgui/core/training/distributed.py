@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from emgui.core.errors import Cancelled, EmguiError
+from emgui.core.jobs.runner import JobFiles
+from emgui.core.project.store import pid_alive
 
 STRATEGIES = ("ddp", "fsdp")
 WORKER_ENV = "EMGUI_DISTRIBUTED_WORKER"  # set in the workers' environment
@@ -219,7 +221,7 @@ class _Relay:
 # ----- a worker: what a job sees inside torchrun ---------------------------------------------------------------
 
 
-class RankContext:
+class RankContext(JobFiles):
     """The job context of a worker: the real project; rank 0's reports go to the parent through the events
     file, the other ranks report nothing. Cancelled when the cancel file appears or the app's process ends."""
 
@@ -290,7 +292,7 @@ class RankContext:
         now = time.monotonic()
         if not self._cancelled and now - self._last_poll >= self.POLL_SECONDS:
             self._last_poll = now
-            gone = self._parent is not None and not _alive(self._parent)
+            gone = self._parent is not None and not pid_alive(self._parent)
             self._cancelled = gone or (self._cancel_file is not None and self._cancel_file.exists())
         return self._cancelled
 
@@ -298,43 +300,17 @@ class RankContext:
         if self.cancelled:
             raise Cancelled(f"job {self.job_id} cancelled")
 
-    # files and checkpoints
-    @property
-    def artifact_dir(self) -> Path:
-        path = self.project.job_dir(self.job_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        path = self.artifact_dir / "checkpoints"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def save_checkpoint(self, state: dict) -> None:
         if self.rank.main:
             self.flush()
             self.emit("checkpoint", state=state)
         self.resume_state = state
 
-    def add_artifact(self, path: str | Path, kind: str, inputs: list[dict] | None = None, meta: dict | None = None) -> int:
-        return self.project.add_artifact(path, kind, job_id=self.job_id, inputs=inputs, meta=meta)
-
     def close(self) -> None:
         self.flush()
         if self._events is not None:
             self._events.close()
         self.project.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ----- the training loop's distributed pieces ---------------------------------------------------------------
