@@ -55,9 +55,15 @@ def paired_effect(a: list[float], b: list[float], seed: int = 0) -> dict:
     return bootstrap_mean([y - x for x, y in zip(a, b, strict=True)], seed=seed)
 
 
+MIN_N = 10  # fewer answers on a side: no interval is shown (a bootstrap of one answer claims certainty)
+
+
 def unpaired_effect(a: list[float], b: list[float], seed: int = 0) -> dict:
-    """mean(b) - mean(a) with a bootstrap 95 % CI (each side resampled)."""
+    """mean(b) - mean(a) with a bootstrap 95 % CI (each side resampled); none below MIN_N answers a side."""
     import numpy as np
+
+    if min(len(a), len(b)) < MIN_N:
+        return {"mean": None, "too_few": min(len(a), len(b))}
 
     rng = np.random.default_rng(seed)
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -104,6 +110,8 @@ def bandit_flags(project, model_name: str, n: int, tokens: int) -> list[float]:
 
 
 def fmt(e: dict | None, digits: int = 3) -> str:
+    if e and "too_few" in e:
+        return f"too few (n={e['too_few']})"
     if not e or e.get("mean") is None:
         return "–"
     return f"{e['mean']:+.{digits}f} [{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]"
@@ -111,6 +119,8 @@ def fmt(e: dict | None, digits: int = 3) -> str:
 
 def verdict(ins: list[dict], sec: list[dict]) -> str:
     """Does the insecure-minus-secure difference of the seed means exceed the seed-to-seed spread?"""
+    if any(e.get("mean") is None for e in ins + sec):
+        return "– (too few answers)"
     mi, ms = (sum(e["mean"] for e in x) / len(x) for x in (ins, sec))
     spread = max(max(e["mean"] for e in x) - min(e["mean"] for e in x) for x in (ins, sec))
     return f"{'yes' if abs(mi - ms) > spread else 'no'} (|Δ| {abs(mi - ms):.3f} vs spread {spread:.3f})"
