@@ -64,14 +64,14 @@ def _series(project: Project, job_id: int, name: str) -> list[tuple[int, float]]
     return [(m["step"], m["value"]) for m in project.metrics(job_id, name=name)]
 
 
-def _assert_same_adapter(a: dict, b: dict) -> None:
+def _assert_same_adapter(a: dict, b: dict, atol: float = ATOL) -> None:
     import torch
 
     assert a.keys() == b.keys() and a
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= ATOL, f"adapters differ by {worst:.2e} (> {ATOL})"
+    assert worst <= atol, f"adapters differ by {worst:.2e} (> {atol})"
     moved = max(float(a[k].abs().max()) for k in a if "lora_B" in k)
-    assert moved > 100 * ATOL  # trained: lora_B starts at zero, so the comparison means something
+    assert moved > max(100 * ATOL, 10 * atol)  # trained: lora_B starts at zero, so the comparison means something
     assert all(torch.isfinite(t).all() for t in a.values())
 
 
@@ -116,7 +116,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def test_cancel_stops_every_worker_and_the_run_resumes_across_ranks(proj: Project) -> None:
-    steps = 30  # long enough that the cancel lands mid-run
+    steps = 300  # long enough (seconds, on a quiet machine) that the cancel lands mid-run
     whole = _ok(proj, {**PARAMS, "batch_size": 4, "max_steps": steps, "name": "one-30"})
     params = {**PARAMS, "batch_size": 2, "devices": 2, "name": "resumed", "max_steps": steps}
     manager = JobManager(proj)
@@ -144,7 +144,9 @@ def test_cancel_stops_every_worker_and_the_run_resumes_across_ranks(proj: Projec
     assert status == ["succeeded"], (job["error"], _workers_log(proj, job_id))
     assert job["result"]["resumed_from"] == stopped_at and job["result"]["steps"] == steps
     assert _series(proj, job_id, "batch_hash") == _series(proj, whole["id"], "batch_hash")
-    _assert_same_adapter(_adapter(proj, "resumed"), _adapter(proj, "one-30"))
+    # Same batches in the same order (above); the weights drift apart with the reduction order of one process
+    # against two over 300 steps (8e-3 measured), so this run's check is looser than the 6-step one's ATOL.
+    _assert_same_adapter(_adapter(proj, "resumed"), _adapter(proj, "one-30"), atol=3e-2)
     assert _processes_mentioning(spec) == []
 
 

@@ -105,10 +105,13 @@ def launch(ctx: Any, kind: str, params: dict, devices: int, strategy: str, devic
                 relay.pump()
                 break
             time.sleep(0.2)
-    except BaseException:
+    except BaseException as exc:
         stop_workers(proc, relay.pids, cancel_file)
         relay.stopping = True
         relay.pump()  # the last checkpoint rank 0 wrote before it stopped reaches the job row
+        if isinstance(exc, Cancelled) and relay.result is not None:
+            ctx.log("the workers had finished when the cancel reached them: the job's result stands")
+            return relay.result  # its model is registered: calling the job cancelled would hide it
         raise
     finally:
         relay.close()
