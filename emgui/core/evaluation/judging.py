@@ -247,9 +247,7 @@ def _cache_lookup(project: Any, keys: list[str]) -> dict[str, tuple[float | None
     return found
 
 
-def judge_runs(
-    ctx: Any, runs: list[int], jspec: dict, progress: tuple[float, float], loaded: dict | None = None
-) -> dict:
+def judge_runs(ctx: Any, runs: list[int], jspec: dict, progress: tuple[float, float]) -> dict:
     project = ctx.project
     samples = [s for run in runs for s in run_samples(project, run)]
     if not samples:
@@ -258,7 +256,7 @@ def judge_runs(
     spec = resolve_judge_spec(project, jspec["spec"], subject, ctx.log)
     templates = _templates_for(project, samples, jspec["metrics"], jspec["prompts"])
     ctx.progress(progress[0], "loading the judge")
-    judge = open_judge(project, spec, loaded=loaded, host=host_of(ctx))
+    judge = open_judge(project, spec, host=host_of(ctx))
     try:
         return score_samples(ctx, samples, judge, templates, progress=progress)
     finally:

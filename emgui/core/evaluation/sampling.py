@@ -144,7 +144,6 @@ def generate_samples_into(
     *,
     dataset_id: int | None,
     progress: tuple[float, float] = (0.0, 1.0),
-    loaded: tuple[Any, Any] | None = None,
     device: str | None = None,
 ) -> tuple[Any, Any]:
     """Generate the items this job has not stored yet and store them batch by batch (so a resumed job
@@ -161,12 +160,12 @@ def generate_samples_into(
     lo, hi = progress
     total = len(items)
     if not todo:
-        return loaded or (None, None)
+        return None, None
     # Loading fills the first 3% of the range, so the bar moves as soon as work starts.
     span = hi - lo
     lo, hi = lo + 0.03 * span, hi
     ctx.progress(lo - 0.02 * span + (hi - lo) * (total - len(todo)) / max(1, total), f"loading {model_row['name']}")
-    model, tokenizer = loaded or borrow_for(ctx, model_row, device=device)
+    model, tokenizer = borrow_for(ctx, model_row, device=device)
     params = {**gen, "model": model_row["name"]}
     bar = _SamplingBar(ctx, lo, hi, total, total - len(todo), gen["max_new_tokens"])
 

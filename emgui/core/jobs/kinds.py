@@ -550,8 +550,7 @@ register_kind(JobKind(
 def declared_params(name: str) -> dict[str, ParamSpec] | None:
     """A kind's declared parameters by name (None for an unknown or undeclared kind). Cheap: Params
     calls it for every job."""
-    found = declared(name)
-    return None if found is False else found
+    return declared(name)
 
 
 def resolve_params(kind: str, params: dict | None) -> dict:

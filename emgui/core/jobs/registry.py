@@ -80,6 +80,6 @@ def registered() -> dict[str, JobKind]:
     return _KINDS
 
 
-def declared(name: str) -> dict[str, ParamSpec] | None | bool:
-    """A kind's declared parameters by name; False for a name not registered."""
-    return _DECLARED.get(name, False)
+def declared(name: str) -> dict[str, ParamSpec] | None:
+    """A kind's declared parameters by name (None for an unknown or undeclared kind)."""
+    return _DECLARED.get(name)
